@@ -1,0 +1,160 @@
+"""Gradient attacks on a classifier: PGD (Madry et al. 2018) and FGSM, thin wrappers of
+`jaxrobust.optimize`.
+
+A model is any `logits_fn(x) -> logits (B, C)`; use `jaxrobust.models.as_logits_fn` for Flax
+modules. Inputs x (B, ...) lie in the threat model's box; labels y (B,) are integers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrobust.errors import InputError, check_batch, check_range, is_concrete
+from jaxrobust.losses import Loss, cross_entropy
+from jaxrobust.optimize import Result, StepSize, optimize
+from jaxrobust.threat import ThreatModel
+
+Array = jax.Array
+LogitsFn = Callable[[Array], Array]
+
+
+def classifier_objective(
+    logits_fn: LogitsFn, y: Array, *, loss: Loss = cross_entropy, target: Array | None = None
+) -> Callable[[Array], tuple[Array, Array]]:
+    """The attack objective with a success flag, for `optimize(..., has_aux=True)`.
+
+    Untargeted: maximise loss(logits, y); success = misclassified.
+    Targeted: maximise −loss(logits, target); success = predicted as target.
+    """
+
+    def objective(x_adv: Array) -> tuple[Array, Array]:
+        logits = logits_fn(x_adv)
+        if logits.ndim != 2 or logits.shape[0] != y.shape[0]:
+            raise InputError(
+                f"the model must return logits of shape ({y.shape[0]}, num_classes), "
+                f"got {logits.shape}"
+            )
+        pred = jnp.argmax(logits, axis=-1)
+        if target is None:
+            return loss(logits, y), pred != y
+        return -loss(logits, target), pred == target
+
+    return objective
+
+
+def check_attack_inputs(
+    x: Array, y: Array, threat: ThreatModel, target: Array | None = None
+) -> None:
+    """Eager checks shared by every attack: shapes, labels, the input range."""
+    check_batch(x, y)
+    if target is not None:
+        check_batch(x, target, name_y="target")
+    check_range(x, *threat.box)
+
+
+def check_result(result: Result) -> Result:
+    """Raise if concrete attack values are NaN: the model returned non-finite logits."""
+    if is_concrete(result.value) and np.isnan(np.asarray(result.value)).any():
+        raise InputError(
+            "the attack objective is NaN: the model returned non-finite logits (NaN or inf) "
+            "for some inputs; check its weights and inputs"
+        )
+    return result
+
+
+def default_step_size(threat: ThreatModel, steps: int):
+    """Madry et al.'s rule: 2.5·ε/steps, enough to cross the ball from any start."""
+    eps = threat.eps if threat.name != "spatial" else 1.0
+    return 2.5 * jnp.asarray(eps) / max(steps, 1)
+
+
+def pgd(
+    logits_fn: LogitsFn,
+    x: Array,
+    y: Array,
+    key: Array,
+    *,
+    threat: ThreatModel,
+    steps: int = 40,
+    step_size: StepSize | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    restarts: int = 1,
+    loss: Loss = cross_entropy,
+    target: Array | None = None,
+    random_start: bool = True,
+    keep_best: bool = True,
+) -> Result:
+    """Projected gradient descent attack (Madry et al. 2018), per example.
+
+    Args:
+      logits_fn: the model, x (B, ...) -> logits (B, C).
+      x: (B, ...) clean inputs inside `threat.box`; y: (B,) integer labels.
+      key: PRNG key for random starts.
+      threat: the perturbation set, e.g. `linf(8/255)`, `l2(0.5)`, `spatial()`.
+      steps, restarts: iterations per restart and number of random restarts.
+      step_size: in the threat's norm units; default 2.5·ε/steps. Or give `optimizer`.
+      loss: per-example loss to maximise (`cross_entropy`, `margin`, `dlr`, ...).
+      target: optional (B,) target labels for a targeted attack.
+      random_start: uniform start in the ball (else from x).
+      keep_best: per-example best iterate (misclassified first, then highest loss).
+
+    Returns:
+      `Result(x_adv, delta, value, success)`; success[i] means example i is misclassified
+      (or, targeted, classified as target[i]).
+    """
+    check_attack_inputs(x, y, threat, target)
+    if step_size is None and optimizer is None:
+        step_size = default_step_size(threat, steps)
+    result = optimize(
+        classifier_objective(logits_fn, y, loss=loss, target=target),
+        x,
+        key,
+        threat=threat,
+        steps=steps,
+        step_size=step_size,
+        optimizer=optimizer,
+        restarts=restarts,
+        random_start=random_start,
+        keep_best=keep_best,
+        has_aux=True,
+    )
+    return check_result(result)
+
+
+def fgsm(
+    logits_fn: LogitsFn,
+    x: Array,
+    y: Array,
+    key: Array | None = None,
+    *,
+    threat: ThreatModel,
+    step_size: StepSize | None = None,
+    loss: Loss = cross_entropy,
+    target: Array | None = None,
+) -> Result:
+    """Fast gradient sign method: one step of size ε (Goodfellow et al. 2015).
+
+    With a key it starts from a uniform random point in the ball and steps 1.25·ε, the
+    FGSM-RS adversary of fast adversarial training (Wong, Rice & Kolter 2020).
+    """
+    check_attack_inputs(x, y, threat, target)
+    random_start = key is not None
+    if step_size is None:
+        step_size = jnp.asarray(threat.eps) * (1.25 if random_start else 1.0)
+    result = optimize(
+        classifier_objective(logits_fn, y, loss=loss, target=target),
+        x,
+        key if random_start else jax.random.key(0),
+        threat=threat,
+        steps=1,
+        step_size=step_size,
+        random_start=random_start,
+        keep_best=False,
+        has_aux=True,
+    )
+    return check_result(result)

@@ -1,0 +1,226 @@
+"""The engine: optimise a per-example objective over a threat model's perturbation set.
+
+Attacks (PGD, FGSM, first-order spatial), training adversaries, representation inversion
+and synthesis are all `optimize` with a different objective, threat model and step rule.
+Everything here is a pure function of its inputs and key: jittable and vmappable.
+
+An objective maps perturbed inputs x_adv (B, ...) to per-example values (B,), or with
+`has_aux=True` to `(values, success)` where `success` (B,) bool marks iterates that reached
+the goal (e.g. misclassified). The engine keeps, per example, the best iterate seen: a
+successful one beats an unsuccessful one, then the higher value (lower when minimising).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrobust.errors import InputError
+from jaxrobust.threat import ThreatModel
+
+Array = jax.Array
+Objective = Callable[[Array], Any]
+StepSize = float | Array | Callable[[Array], Array]
+
+
+class Result(NamedTuple):
+    """Outcome of an optimisation, per example.
+
+    x_adv: (B, ...) perturbed inputs; delta: the perturbation (threat-model shape);
+    value: (B,) objective at x_adv; success: (B,) bool, the objective's success flag.
+    """
+
+    x_adv: Array
+    delta: Array
+    value: Array
+    success: Array
+
+
+class _Best(NamedTuple):
+    delta: Array
+    score: Array  # value with the sign that makes larger better
+    value: Array
+    success: Array
+
+
+def _broadcast(v: Array, like: Array) -> Array:
+    return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _improves(score: Array, success: Array, best: _Best) -> Array:
+    """Per example: does (score, success) beat the best so far? Success dominates."""
+    return (success & ~best.success) | ((success == best.success) & (score > best.score))
+
+
+def _merge(best: _Best, delta: Array, score: Array, value: Array, success: Array) -> _Best:
+    take = _improves(score, success, best)
+    return _Best(
+        delta=jnp.where(_broadcast(take, delta), delta, best.delta),
+        score=jnp.where(take, score, best.score),
+        value=jnp.where(take, value, best.value),
+        success=jnp.where(take, success, best.success),
+    )
+
+
+def _empty_best(delta: Array, batch: int, dtype) -> _Best:
+    return _Best(
+        delta=delta,
+        score=jnp.full((batch,), -jnp.inf, dtype),
+        value=jnp.full((batch,), jnp.nan, dtype),
+        success=jnp.zeros((batch,), bool),
+    )
+
+
+def _split_objective(objective: Objective, has_aux: bool, batch: int):
+    def fn(x_adv):
+        out = objective(x_adv)
+        values, success = out if has_aux else (out, jnp.zeros((batch,), bool))
+        if values.shape != (batch,):
+            raise InputError(
+                f"the objective must return per-example values of shape ({batch},), "
+                f"got {values.shape}"
+            )
+        return values, success
+
+    return fn
+
+
+def _step_size_at(step_size: StepSize, i: Array) -> Array:
+    return step_size(i) if callable(step_size) else jnp.asarray(step_size)
+
+
+def optimize(
+    objective: Objective,
+    x: Array,
+    key: Array,
+    *,
+    threat: ThreatModel,
+    steps: int,
+    step_size: StepSize | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    restarts: int = 1,
+    random_start: bool = True,
+    keep_best: bool = True,
+    maximize: bool = True,
+    has_aux: bool = False,
+    unroll: int = 1,
+) -> Result:
+    """Projected steepest ascent (or descent) of `objective` over `threat`, per example.
+
+    Args:
+      objective: x_adv (B, ...) -> values (B,), or (values, success) with `has_aux`.
+      x: (B, ...) clean inputs inside the threat model's box.
+      key: PRNG key for the random starts; the same key gives the same result.
+      threat: the perturbation set.
+      steps: number of gradient steps per restart (0 evaluates the start only).
+      step_size: a float, a per-example (B,) array, or a schedule `i -> size`, in units of
+        the threat's norm: each step adds `step_size * threat.ascent(grad)`.
+      optimizer: instead of `step_size`, any optax transformation, fed the negated ascent
+        direction (optax minimises), e.g. `optax.sgd(0.01, momentum=0.9)`.
+      restarts: independent random starts; the per-example best over all is returned.
+      random_start: start from `threat.init` (else from zero).
+      keep_best: return the best iterate seen (else the last iterate of the last restart).
+      maximize: maximise (attacks) or minimise (inversion) the objective.
+      has_aux: the objective also returns a success flag, which dominates the best-iterate
+        choice (a misclassified iterate beats a higher loss).
+      unroll: unroll factor of the step loop (a backend tuning knob).
+
+    Returns:
+      `Result(x_adv, delta, value, success)`.
+    """
+    if (step_size is None) == (optimizer is None):
+        raise InputError("give exactly one of step_size or optimizer")
+    if steps < 0 or restarts < 1:
+        raise InputError(f"need steps >= 0 and restarts >= 1, got {steps=}, {restarts=}")
+    batch = x.shape[0]
+    sign = 1.0 if maximize else -1.0
+    split = _split_objective(objective, has_aux, batch)
+
+    def signed_total(delta):
+        values, success = split(threat.apply(x, delta))
+        return sign * jnp.sum(values), (values, success)
+
+    value_and_grad = jax.value_and_grad(signed_total, has_aux=True)
+
+    def evaluate(delta):
+        return split(threat.apply(x, delta))
+
+    def one_run(run_key: Array) -> tuple[_Best, Array, Array, Array]:
+        delta0 = threat.init(run_key, x) if random_start else threat.zeros(x)
+        opt_state0 = optimizer.init(delta0) if optimizer is not None else ()
+        best0 = _empty_best(delta0, batch, x.dtype)
+
+        def body(carry, i):
+            delta, opt_state, best = carry
+            (_, (values, success)), grad = value_and_grad(delta)
+            best = _merge(best, delta, sign * values, values, success)
+            direction = threat.ascent(grad)
+            if optimizer is None:
+                size = _step_size_at(step_size, i)
+                # A (B,) step size is per example; a scalar broadcasts as is.
+                size = _broadcast(size, delta) if size.ndim else size
+                delta = delta + size * direction
+            else:
+                updates, opt_state = optimizer.update(-direction, opt_state, delta)
+                delta = delta + updates
+            return (threat.project(delta, x), opt_state, best), None
+
+        (delta, _, best), _ = jax.lax.scan(
+            body, (delta0, opt_state0, best0), jnp.arange(steps), unroll=unroll
+        )
+        values, success = evaluate(delta)
+        best = _merge(best, delta, sign * values, values, success)
+        return best, delta, values, success
+
+    run_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(restarts))
+    best, last_delta, last_values, last_success = one_run(run_keys[0])
+    if restarts > 1:
+
+        def restart(best, run_key):
+            b, d, v, s = one_run(run_key)
+            return _merge(best, b.delta, b.score, b.value, b.success), (d, v, s)
+
+        best, (ds, vs, ss) = jax.lax.scan(restart, best, run_keys[1:])
+        last_delta, last_values, last_success = ds[-1], vs[-1], ss[-1]
+
+    if keep_best:
+        delta, values, success = best.delta, best.value, best.success
+    else:
+        delta, values, success = last_delta, last_values, last_success
+    return Result(threat.apply(x, delta), delta, values, success)
+
+
+def best_of(
+    objective: Objective,
+    x: Array,
+    candidates: Callable[[Array], Array],
+    num: int,
+    *,
+    threat: ThreatModel,
+    maximize: bool = True,
+    has_aux: bool = False,
+) -> Result:
+    """Evaluate `num` candidate perturbations and keep the per-example best (no gradients).
+
+    `candidates(i)` returns the i-th perturbation for the whole batch (threat-model shape).
+    Grid search and worst-of-k random search over spatial transforms are this function.
+    """
+    if num < 1:
+        raise InputError(f"need at least one candidate, got {num}")
+    batch = x.shape[0]
+    sign = 1.0 if maximize else -1.0
+    split = _split_objective(objective, has_aux, batch)
+    first = candidates(jnp.asarray(0))
+    best0 = _empty_best(first, batch, x.dtype)
+
+    def body(best, i):
+        delta = candidates(i)
+        values, success = split(threat.apply(x, delta))
+        return _merge(best, delta, sign * values, values, success), None
+
+    best, _ = jax.lax.scan(body, best0, jnp.arange(num))
+    return Result(threat.apply(x, best.delta), best.delta, best.value, best.success)
