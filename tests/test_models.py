@@ -1,0 +1,295 @@
+"""Tests for jaxrobust.models: shapes, in-model normalisation, pooling, adapters, registry."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxrobust.errors import ConfigError, InputError
+from jaxrobust.models import (
+    MODELS,
+    PreActResNet18,
+    SmallCNN,
+    WideResNet,
+    as_features_fn,
+    as_logits_fn,
+    create_model,
+    init_model,
+    max_pool_2x2,
+    model_kwargs,
+    normalize,
+)
+
+# An "rbg" key: XLA:CPU compiles threefry-based parameter init ~3x slower (seconds per model),
+# which dominates this file's runtime. Results do not depend on the generator.
+KEY = jax.random.key(0, impl="rbg")
+
+# name, create_model kwargs, input shape (without batch), expected feature width
+SPECS = {
+    "mlp": ({"hidden": (32, 16)}, (8, 8, 1), 16),
+    "small_cnn": ({"channels": (8, 16), "dense": 32}, (8, 8, 1), 32),
+    "madry_cnn": ({}, (8, 8, 1), 1024),
+    "preact_resnet18": ({}, (32, 32, 3), 512),
+    "wide_resnet": ({"depth": 10, "width": 1}, (32, 32, 3), 64),
+}
+
+
+def _uniform(key, shape):
+    return jax.random.uniform(key, shape, jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Every registered model, built and initialised once for the module."""
+    out = {}
+    for i, (name, (kwargs, shape, dim)) in enumerate(SPECS.items()):
+        model = create_model(name, 10, **kwargs)
+        variables = init_model(model, jax.random.fold_in(KEY, i), shape)
+        out[name] = (model, variables, shape, dim)
+    return out
+
+
+def test_registry_covers_all_models():
+    assert set(SPECS) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_model_logits_and_features(built, name):
+    model, variables, shape, dim = built[name]
+    x = _uniform(jax.random.key(1), (2, *shape))
+    # Jitted, not eager: op-by-op dispatch of a ResNet compiles every op separately.
+    feats = jax.jit(as_features_fn(model, variables))(x)
+    logits = feats["logits"]
+    assert logits.shape == (2, 10)
+    assert logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+    assert feats["features"].shape == (2, dim)
+    # The features fn and the logits fn run the same forward pass.
+    logits_fn = jax.jit(as_logits_fn(model, variables))
+    np.testing.assert_allclose(logits_fn(x), logits, rtol=1e-5, atol=1e-5)
+    # init_model keeps only the variable collections, never the sown intermediates.
+    assert "intermediates" not in variables
+    assert ("batch_stats" in variables) == (name in ("preact_resnet18", "wide_resnet"))
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "madry_cnn"])
+def test_input_gradients_finite(built, name):
+    model, variables, shape, _ = built[name]
+    f = as_logits_fn(model, variables)
+    x = _uniform(jax.random.key(2), (2, *shape))
+    g = jax.grad(lambda x: f(x)[:, 0].sum())(x)
+    assert g.shape == x.shape
+    assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
+def test_resnets_any_input_size(shape):
+    # Global average pooling makes the ResNets size-agnostic (8x8 digits, 28x28 MNIST, CIFAR).
+    # Shapes only (eval_shape traces without compiling), to keep the suite fast.
+    x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+    for model in (PreActResNet18(num_classes=3), WideResNet(depth=16, width=2, num_classes=3)):
+        variables = jax.eval_shape(lambda x, m=model: m.init(KEY, x), x)
+        logits = jax.eval_shape(lambda v, x, m=model: m.apply(v, x), variables, x)
+        assert logits.shape == (2, 3)
+
+
+def test_madry_cnn_mnist_shapes():
+    model = create_model("madry_cnn", 10)
+    x = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+    p = jax.eval_shape(lambda x: model.init(KEY, x), x)["params"]
+    assert p["conv1"]["kernel"].shape == (5, 5, 1, 32)
+    assert p["conv2"]["kernel"].shape == (5, 5, 32, 64)
+    assert p["fc1"]["kernel"].shape == (7 * 7 * 64, 1024)
+    assert p["head"]["kernel"].shape == (1024, 10)
+
+
+# --- normalisation lives inside the model ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, shape, mean, std",
+    [
+        ("mlp", {"hidden": (16,)}, (8, 8, 1), 0.3, 0.2),
+        (
+            "small_cnn",
+            {"channels": (4, 8), "dense": 8},
+            (8, 8, 3),
+            (0.4, 0.5, 0.6),
+            (0.2, 0.25, 0.3),
+        ),
+    ],
+)
+def test_normalisation_inside_model(name, kwargs, shape, mean, std):
+    normed = create_model(name, 5, mean=mean, std=std, **kwargs)
+    plain = create_model(name, 5, **kwargs)
+    variables = init_model(plain, KEY, shape)
+    x = _uniform(jax.random.key(3), (2, *shape))
+    m, s = jnp.asarray(mean), jnp.asarray(std)
+    both = jax.jit(lambda x: (normed.apply(variables, x), plain.apply(variables, (x - m) / s)))
+    inside, outside = both(x)
+    np.testing.assert_allclose(inside, outside, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(normalize(x, mean, std), (x - m) / s, rtol=1e-6)
+
+
+# --- max_pool_2x2 ----------------------------------------------------------------------------
+
+
+def _ref_pool(x, padding="VALID"):
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding=padding)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 4, 6, 2)])
+def test_max_pool_matches_flax_values_and_grads(shape):
+    x = jax.random.normal(jax.random.key(4), shape)
+    w = jax.random.normal(jax.random.key(5), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    np.testing.assert_array_equal(max_pool_2x2(x), _ref_pool(x))
+    g = jax.grad(lambda x: (max_pool_2x2(x) * w).sum())(x)
+    g_ref = jax.grad(lambda x: (_ref_pool(x) * w).sum())(x)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-6)
+
+
+def test_max_pool_odd_sizes_pad_like_same():
+    x = jax.random.normal(jax.random.key(6), (2, 7, 5, 3))
+    y = max_pool_2x2(x)
+    assert y.shape == (2, 4, 3, 3)
+    np.testing.assert_array_equal(y, _ref_pool(x, "SAME"))
+    g = jax.grad(lambda x: max_pool_2x2(x).sum())(x)
+    assert np.isfinite(np.asarray(g)).all()
+    assert float(g.sum()) == pytest.approx(y.size)  # one unit of gradient per window
+
+
+def test_max_pool_jits_and_vmaps():
+    x = jax.random.normal(jax.random.key(7), (3, 2, 6, 6, 1))
+    np.testing.assert_array_equal(jax.jit(max_pool_2x2)(x[0]), max_pool_2x2(x[0]))
+    np.testing.assert_array_equal(jax.vmap(max_pool_2x2)(x), max_pool_2x2(x))
+
+
+# --- adapters ---------------------------------------------------------------------------------
+
+
+class TinyNNX(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(64, 16, rngs=rngs)
+        self.bn = nnx.BatchNorm(16, rngs=rngs)
+        self.fc2 = nnx.Linear(16, 4, rngs=rngs)
+
+    def __call__(self, x):
+        h = x.reshape((x.shape[0], -1))
+        return self.fc2(nnx.relu(self.bn(self.fc1(h))))
+
+
+def _plain_fn(x):
+    return jnp.stack([x.sum(axis=(1, 2, 3)), jnp.sin(x).mean(axis=(1, 2, 3))], axis=-1)
+
+
+def _logits_fns(built):
+    model, variables, _, _ = built["small_cnn"]
+    return {
+        "linen": as_logits_fn(model, variables),
+        "nnx": as_logits_fn(TinyNNX(nnx.Rngs(0))),
+        "plain": as_logits_fn(_plain_fn),
+    }
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx", "plain"])
+def test_as_logits_fn_jit_and_vmap(built, kind):
+    f = _logits_fns(built)[kind]
+    x = _uniform(jax.random.key(8), (3, 2, 8, 8, 1))
+    eager = np.stack([np.asarray(f(xb)) for xb in x])
+    np.testing.assert_allclose(jax.jit(f)(x[0]), eager[0], rtol=1e-5, atol=1e-6)
+    # vmap over stacked batches (e.g. restarts) and over single examples.
+    np.testing.assert_allclose(jax.vmap(f)(x), eager, rtol=1e-5, atol=1e-6)
+    per_example = jax.jit(jax.vmap(lambda xi: f(xi[None])[0]))(x[0])
+    np.testing.assert_allclose(per_example, eager[0], rtol=1e-5, atol=1e-6)
+
+
+def test_as_logits_fn_plain_callable_unchanged():
+    assert as_logits_fn(_plain_fn) is _plain_fn
+
+
+def test_as_logits_fn_nnx_eval_mode_and_caller_untouched():
+    module = TinyNNX(nnx.Rngs(1))
+    # Make the running statistics non-trivial so eval and train modes differ.
+    module.bn.mean[...] = jnp.full((16,), 0.3)
+    module.bn.var[...] = jnp.full((16,), 2.0)
+    f = as_logits_fn(module)
+    x = _uniform(jax.random.key(9), (4, 8, 8, 1))
+    np.testing.assert_allclose(f(x)[:1], f(x[:1]), rtol=1e-5, atol=1e-6)
+    assert module.bn.use_running_average is False  # the caller's module keeps its mode
+    before = np.asarray(module.bn.mean[...])
+    f_train = as_logits_fn(module, train=True)
+    assert not np.allclose(f_train(x)[:1], f_train(x[:1]))
+    # Weights are captured when the function is made: later updates do not leak in.
+    module.fc2.bias[...] = module.fc2.bias[...] + 1.0
+    np.testing.assert_allclose(f(x), jax.jit(f)(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(as_logits_fn(module)(x), f(x) + 1.0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(module.bn.mean[...], before)  # stats update was discarded
+
+
+@pytest.mark.parametrize("name", ["preact_resnet18", "wide_resnet"])
+def test_batchnorm_inference_is_batch_independent(built, name):
+    model, variables, shape, _ = built[name]
+    # Perturb the running statistics so that inference mode is not the identity.
+    stats = jax.tree.map(lambda v: v + 0.1, variables["batch_stats"])
+    variables = {**variables, "batch_stats": stats}
+    # The same example next to two different companions; equal shapes, so one compilation.
+    x = _uniform(jax.random.key(10), (3, *shape))
+    y = x.at[1:].set(_uniform(jax.random.key(11), (2, *shape)))
+    f = jax.jit(as_logits_fn(model, variables))
+    np.testing.assert_allclose(f(x)[0], f(y)[0], rtol=1e-4, atol=1e-5)
+    # Training mode uses batch statistics, so there the batch matters (the test has teeth).
+    f_train = jax.jit(as_logits_fn(model, variables, train=True))
+    assert not np.allclose(f_train(x)[0], f_train(y)[0], atol=1e-4)
+
+
+def test_as_logits_fn_errors(built):
+    model, variables, _, _ = built["small_cnn"]
+    with pytest.raises(InputError, match="variables"):
+        as_logits_fn(model)
+    with pytest.raises(InputError, match="'params'"):
+        as_logits_fn(model, variables["params"])
+    with pytest.raises(InputError, match=r"only used with a flax\.linen"):
+        as_logits_fn(_plain_fn, variables)
+    with pytest.raises(InputError, match="cannot make a logits function"):
+        as_logits_fn(42)
+    with pytest.raises(InputError, match="linen"):
+        as_features_fn(_plain_fn, variables)
+
+
+def test_as_features_fn_jits_and_captures(built):
+    model, variables, shape, _ = built["small_cnn"]
+    x = _uniform(jax.random.key(12), (2, *shape))
+    feats = jax.jit(as_features_fn(model, variables))(x)
+    assert set(feats) == {"block1", "block2", "features", "logits"}
+    assert feats["block1"].shape == (2, 4, 4, 8)
+    captured = as_features_fn(model, variables, capture_intermediates=True)(x)
+    assert captured["conv1_1"].shape == (2, 8, 8, 8)
+    np.testing.assert_allclose(captured["head"], feats["logits"], rtol=1e-5, atol=1e-6)
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_create_model_errors():
+    with pytest.raises(ConfigError, match=r"'resnet9'.*known models: .*madry_cnn"):
+        create_model("resnet9", 10)
+    with pytest.raises(ConfigError, match=r"'widht'.*wide_resnet"):
+        create_model("wide_resnet", 10, widht=2)
+    with pytest.raises(ConfigError, match="depth"):
+        create_model("wide_resnet", 10, depth=12)
+    with pytest.raises(ConfigError, match="std"):
+        create_model("mlp", 10, std=0.0)
+    with pytest.raises(ConfigError, match="num_classes"):
+        create_model("mlp", 0)
+
+
+def test_create_model_kwargs_and_lists():
+    model = create_model("small_cnn", 7, mean=[0.5], std=[0.25], channels=[4, 8], dense=16)
+    assert isinstance(model, SmallCNN)
+    assert model.channels == (4, 8) and model.mean == (0.5,) and model.num_classes == 7
+    assert "dropout" in model_kwargs("wide_resnet")
+    assert "num_classes" not in model_kwargs("mlp")
