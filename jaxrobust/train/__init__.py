@@ -1,0 +1,27 @@
+"""Robust training: `TrainState`, objectives (standard, PGD-AT, fast-AT, TRADES, spatial),
+optax optimizers and schedules, the jitted step and the checkpointed training loop."""
+
+from jaxrobust.train.objectives import (
+    fast_at,
+    make_train_step,
+    pgd_at,
+    spatial_random,
+    spatial_worst_of_k,
+    standard,
+    trades,
+)
+from jaxrobust.train.optim import make_optimizer, make_schedule
+from jaxrobust.train.state import TrainState
+
+__all__ = [
+    "TrainState",
+    "fast_at",
+    "make_optimizer",
+    "make_schedule",
+    "make_train_step",
+    "pgd_at",
+    "spatial_random",
+    "spatial_worst_of_k",
+    "standard",
+    "trades",
+]

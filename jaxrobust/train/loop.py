@@ -1,0 +1,382 @@
+"""The training job: data → model → objective → jitted steps → checkpoints → report.
+
+`train(cfg, out_dir)` is what `jaxrobust train` runs. It checkpoints the full state (model,
+optimizer, step, PRNG key, data-iterator position, history) so that a run killed at any
+moment and started again with the same command continues to the same final parameters
+as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxrobust import report
+from jaxrobust.attacks import pgd
+from jaxrobust.checkpoint import Checkpointer
+from jaxrobust.config import default_config, validate
+from jaxrobust.data import (
+    DatasetInfo,
+    data_source,
+    get_info,
+    load_split,
+    loader_state,
+    make_loader,
+    restore_loader_state,
+)
+from jaxrobust.errors import CheckpointError, ConfigError
+from jaxrobust.evaluation import AccuracyEvaluator
+from jaxrobust.models import create_model
+from jaxrobust.parallel import data_mesh, replicate, shard_batch
+from jaxrobust.threat import get_threat, spatial
+from jaxrobust.train import objectives
+from jaxrobust.train.optim import make_optimizer
+from jaxrobust.train.state import TrainState
+
+# Config keys that may change between a run and its resumption (they do not affect training).
+_RESUMABLE_CHANGES = ("eval", "checkpoint")
+
+
+def build_model(cfg: ml_collections.ConfigDict, info: DatasetInfo):
+    """The Flax module named by `cfg.model`, normalising with the dataset's statistics."""
+    return create_model(
+        cfg.model.name, info.num_classes, mean=info.mean, std=info.std, **cfg.model.kwargs.to_dict()
+    )
+
+
+def build_objective(cfg: ml_collections.ConfigDict, info: DatasetInfo) -> objectives.Objective:
+    """The training objective named by `cfg.objective`."""
+    adv = cfg.adversary
+    step_size = adv.step_size or None
+    if cfg.objective == "standard":
+        return objectives.standard()
+    if cfg.objective.startswith("spatial"):
+        shift = adv.max_shift * info.image_shape[0]
+        threat = spatial(adv.max_angle, shift)
+        if cfg.objective == "spatial_random":
+            return objectives.spatial_random(threat)
+        return objectives.spatial_worst_of_k(threat, k=adv.worst_of_k)
+    threat = get_threat(cfg.threat, cfg.eps)
+    if cfg.objective == "pgd_at":
+        return objectives.pgd_at(threat, steps=adv.steps, step_size=step_size)
+    if cfg.objective == "fast_at":
+        return objectives.fast_at(threat, alpha=adv.fast_alpha)
+    if cfg.objective == "trades":
+        return objectives.trades(threat, beta=adv.trades_beta, steps=adv.steps, step_size=step_size)
+    raise ConfigError(f"unknown objective {cfg.objective!r}")
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        path = f"{prefix}{k}"
+        if prefix == "" and k in _RESUMABLE_CHANGES:
+            continue
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys.extend(_config_diff(va, vb, path + "."))
+        elif json.dumps(va, default=str) != json.dumps(vb, default=str):
+            keys.append(path)
+    return keys
+
+
+def _as_json_config(cfg: ml_collections.ConfigDict) -> dict:
+    return json.loads(json.dumps(cfg.to_dict(), default=list))
+
+
+class _Run:
+    """Everything built from a config, shared by train, eval and attack."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, batch_size: int):
+        self.cfg = cfg
+        self.info = get_info(cfg.dataset)
+        self.data_dir = cfg.data_dir or None
+        self.num_train = len(data_source(cfg.dataset, "train", self.data_dir))
+        self.steps_per_epoch = self.num_train // batch_size
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"batch_size {batch_size} exceeds the {self.num_train} training examples"
+            )
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.model = build_model(cfg, self.info)
+        tx = make_optimizer(cfg, self.total_steps, self.steps_per_epoch)
+        self.mesh = data_mesh()
+        self.state = replicate(
+            TrainState.create(self.model, tx, jax.random.key(cfg.seed), self.info.image_shape),
+            self.mesh,
+        )
+
+
+def restore_run(run_dir: str | Path, *, best: bool = False) -> tuple[_Run, TrainState, dict]:
+    """Rebuild a run from its directory: (run, state at the latest or best checkpoint, metadata)."""
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    with Checkpointer(ckpt_dir, keep=1) as ckpt:
+        step = ckpt.best_step() if best else ckpt.latest_step()
+        if step is None:
+            raise CheckpointError(f"no {'best ' if best else ''}checkpoint in {ckpt_dir}")
+        config_path = run_dir / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"{run_dir} has no config.json: not a jaxrobust run directory")
+        cfg = default_config()
+        try:
+            cfg.update_from_flattened_dict(_flatten(json.loads(config_path.read_text())))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{config_path} is corrupt or foreign: {e}") from None
+        validate(cfg)
+        run = _Run(cfg, cfg.batch_size)
+        _, state, metadata = ckpt.restore(run.state, step=step)
+    return run, state, metadata
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif k == "kwargs":
+            out[f"{prefix}{k}"] = ml_collections.ConfigDict(v)
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _epoch_record(sums: dict, count: int, epoch: int) -> dict:
+    return {"epoch": epoch, **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
+
+
+def train(
+    cfg: ml_collections.ConfigDict,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train, checkpoint and evaluate; write `out_dir/metrics.json` and PNGs. Returns metrics.
+
+    Starting again on an `out_dir` that holds checkpoints resumes the run (same config
+    required, except for the `eval` and `checkpoint` sections).
+    """
+    validate(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    run = _Run(cfg, cfg.batch_size)
+    state = run.state
+    x_test, y_test = load_split(cfg.dataset, "test", data_dir=run.data_dir)
+    step_fn = objectives.make_train_step(build_objective(cfg, run.info))
+    loader = make_loader(
+        cfg.dataset,
+        "train",
+        batch_size=cfg.batch_size // jax.process_count(),
+        seed=cfg.seed,
+        augment=cfg.augment,
+        data_dir=run.data_dir,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+    batches = iter(loader)
+    during = AccuracyEvaluator(
+        run.model.apply,
+        cfg.eval.threat or cfg.threat,
+        steps=cfg.eval.during_steps,
+        restarts=1,
+        batch_size=cfg.eval.batch_size,
+    )
+    n_during = cfg.eval.during_examples or len(y_test)
+    x_during, y_during = x_test[:n_during], y_test[:n_during]
+    eval_eps = cfg.eval.eps or cfg.eps
+    co_batch = load_split(cfg.dataset, "train", data_dir=run.data_dir, limit=cfg.batch_size)
+    check_co = cfg.objective == "fast_at" and cfg.eval.co_check
+
+    config_json = _as_json_config(cfg)
+    ckpt = Checkpointer(out / "checkpoints", keep=cfg.checkpoint.keep)
+    history: list[dict] = []
+    sums: dict[str, float] = {}
+    count, train_seconds, co_best, co_event = 0, 0.0, -1.0, None
+    if ckpt.latest_step() is not None:
+        step, state, meta = ckpt.restore(state)
+        diff = _config_diff(config_json, meta.get("config", {}))
+        if diff:
+            raise CheckpointError(
+                f"the checkpoints in {out / 'checkpoints'} belong to a run with a different "
+                f"config (differs in: {', '.join(diff)}); use another --out or the same config"
+            )
+        restore_loader_state(batches, meta["loader"])
+        history, sums, count = meta["history"], meta["epoch_sums"], meta["epoch_count"]
+        train_seconds, co_best = meta["train_seconds"], meta["co_best"]
+        log(f"resumed from step {step} in {out / 'checkpoints'}")
+    report.write_json(out / "config.json", config_json)
+
+    def save(step: int, metrics: dict | None = None) -> None:
+        meta = {
+            "config": config_json,
+            "loader": loader_state(batches),
+            "history": history,
+            "epoch_sums": sums,
+            "epoch_count": count,
+            "train_seconds": train_seconds + time.perf_counter() - t_segment,
+            "co_best": co_best,
+        }
+        ckpt.save(step, state, metadata=meta, metrics=metrics, force=True)
+
+    start = int(state.step)
+    t_segment = time.perf_counter()
+    bar = tqdm(
+        total=run.total_steps, initial=start, disable=not progress, desc="train", unit="step"
+    )
+    for step in range(start, run.total_steps):
+        batch = shard_batch(next(batches), run.mesh)
+        state, metrics = step_fn(state, batch)
+        metrics = jax.device_get(metrics)
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        count += 1
+        bar.update(1)
+        done = step + 1
+        if done % run.steps_per_epoch == 0:
+            epoch = done // run.steps_per_epoch
+            record = _epoch_record(sums, count, epoch)
+            sums, count = {}, 0
+            ckpt_metrics = None
+            if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.epochs:
+                variables = state.variables()
+                key = jax.random.key(cfg.seed + 1)
+                record["test_clean_accuracy"] = float(
+                    during.clean_correct(variables, x_during, y_during).mean()
+                )
+                record["test_robust_accuracy"] = float(
+                    during.robust_correct(variables, x_during, y_during, key, eval_eps).mean()
+                )
+                ckpt_metrics = {"robust_accuracy": record["test_robust_accuracy"]}
+            if check_co:
+                co_acc = float(
+                    during.robust_correct(
+                        state.variables(), *co_batch, jax.random.key(cfg.seed + 2), cfg.eps
+                    ).mean()
+                )
+                record["co_check_robust_accuracy"] = co_acc
+                if co_acc < co_best - 0.2:
+                    co_event = {"epoch": epoch, "before": co_best, "after": co_acc}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
+            history.append(record)
+            if co_event is not None:
+                log(
+                    f"catastrophic overfitting at epoch {epoch}: PGD accuracy on a training "
+                    f"batch fell from {co_best:.3f} to {co_event['after']:.3f}; stopping and "
+                    "keeping the previous epoch's model"
+                )
+                prev = ckpt.latest_step()
+                if prev is not None:
+                    _, state, _ = ckpt.restore(state, step=prev)
+                break
+            co_best = max(co_best, record.get("co_check_robust_accuracy", -1.0))
+            if cfg.checkpoint.every_steps == 0:
+                save(done, ckpt_metrics)
+        if cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0:
+            save(done)
+    bar.close()
+    train_seconds += time.perf_counter() - t_segment
+    ckpt.close()
+
+    t_eval = time.perf_counter()
+    final = AccuracyEvaluator(
+        run.model.apply,
+        cfg.eval.threat or cfg.threat,
+        steps=cfg.eval.steps,
+        restarts=cfg.eval.restarts,
+        batch_size=cfg.eval.batch_size,
+    )
+    variables = state.variables()
+    key = jax.random.key(cfg.seed + 3)
+    clean = float(final.clean_correct(variables, x_test, y_test).mean())
+    robust = float(final.robust_correct(variables, x_test, y_test, key, eval_eps).mean())
+    eps_list = [float(e) for e in cfg.eval.eps_list]
+    curve = final.accuracy_curve(variables, x_test, y_test, key, eps_list)
+    eval_seconds = time.perf_counter() - t_eval
+
+    threat_name = cfg.eval.threat or cfg.threat
+    metrics_out = {
+        "dataset": cfg.dataset,
+        "model": cfg.model.name,
+        "objective": cfg.objective,
+        "threat": threat_name,
+        "eps": eval_eps,
+        "train_eps": cfg.eps,
+        "clean_accuracy": clean,
+        "robust_accuracy": robust,
+        "attack": {
+            "name": "pgd",
+            "steps": cfg.eval.steps,
+            "restarts": cfg.eval.restarts,
+            "step_size": "2.5*eps/steps",
+            "loss": "cross_entropy",
+            "random_start": True,
+        },
+        "curve": {"eps": eps_list, "robust_accuracy": curve},
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "wall_seconds": time.perf_counter() - t_start,
+        "epochs": cfg.epochs,
+        "steps": int(state.step),
+        "num_train": run.num_train,
+        "num_test": len(y_test),
+        "seed": cfg.seed,
+        "catastrophic_overfitting": co_event,
+        "history": history,
+        "devices": [str(d) for d in jax.devices()],
+        "jax_version": jax.__version__,
+        "python": platform.python_version(),
+    }
+    report.write_json(out / "metrics.json", metrics_out)
+    _write_figures(out, state, metrics_out, x_test, y_test, get_threat(threat_name, eval_eps))
+    log(
+        f"clean accuracy {clean:.4f}, robust accuracy {robust:.4f} "
+        f"(PGD-{cfg.eval.steps}×{cfg.eval.restarts}, {threat_name} ε={eval_eps}); "
+        f"trained in {train_seconds:.1f} s; report in {out}"
+    )
+    return metrics_out
+
+
+def _write_figures(out: Path, state: TrainState, metrics: dict, x, y, threat) -> None:
+    c = metrics["curve"]
+    report.plot_accuracy_vs_eps(
+        {
+            f"{metrics['objective']} (PGD-{metrics['attack']['steps']})": (
+                c["eps"],
+                c["robust_accuracy"],
+            )
+        },
+        out / "accuracy_vs_eps.png",
+        title=f"{metrics['dataset']}: robust accuracy ({metrics['threat']})",
+    )
+    if metrics["history"]:
+        report.plot_training_curves(metrics["history"], out / "training_curves.png")
+    save_adversarial_grid(state, x[:16], y[:16], threat, out / "adversarial_examples.png")
+
+
+def save_adversarial_grid(state: TrainState, x, y, threat, path: Path, *, steps: int = 50) -> dict:
+    """Attack a few examples with PGD and save clean / adversarial / perturbation rows."""
+    f = state.logits_fn()
+    x, y = jax.numpy.asarray(x), jax.numpy.asarray(y)
+    result = jax.jit(lambda x, y: pgd(f, x, y, jax.random.key(0), threat=threat, steps=steps))(x, y)
+    pred_clean = np.asarray(jax.numpy.argmax(f(x), -1))
+    pred_adv = np.asarray(jax.numpy.argmax(f(result.x_adv), -1))
+    report.save_image_grid(
+        np.asarray(x),
+        np.asarray(result.x_adv),
+        path,
+        labels=np.asarray(y),
+        pred_clean=pred_clean,
+        pred_adv=pred_adv,
+    )
+    return {"x_adv": np.asarray(result.x_adv), "pred_clean": pred_clean, "pred_adv": pred_adv}

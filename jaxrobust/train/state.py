@@ -1,0 +1,94 @@
+"""`TrainState`: everything a training run carries from step to step, as one pytree."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxrobust.models import init_model
+
+Array = jax.Array
+
+
+@struct.dataclass
+class TrainState:
+    """Parameters, BatchNorm statistics, optimizer state, step counter and PRNG key.
+
+    `rng` holds raw key data (uint32), so checkpoints are plain arrays; the key for step t
+    is `fold_in(key, t)`, which makes a resumed run draw the same randomness as an
+    uninterrupted one. `apply_fn` and `tx` are static (not part of the pytree).
+    """
+
+    step: Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: Array
+    apply_fn: Callable = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(
+        cls,
+        model: nn.Module,
+        tx: optax.GradientTransformation,
+        key: Array,
+        input_shape: tuple[int, ...],
+    ) -> TrainState:
+        """Initialise a model for inputs of `input_shape` (no batch axis)."""
+        init_key, rng = jax.random.split(key)
+        variables = init_model(model, init_key, input_shape)
+        params = variables["params"]
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(rng),
+            apply_fn=model.apply,
+            tx=tx,
+        )
+
+    @property
+    def has_batch_stats(self) -> bool:
+        return bool(jax.tree.leaves(self.batch_stats))
+
+    def variables(self, params: Any | None = None) -> dict[str, Any]:
+        """The Flax variables dict for `params` (default: the state's own)."""
+        v = {"params": self.params if params is None else params}
+        if self.has_batch_stats:
+            v["batch_stats"] = self.batch_stats
+        return v
+
+    def logits_fn(self, params: Any | None = None) -> Callable[[Array], Array]:
+        """The model in inference mode (BatchNorm uses running statistics): x -> logits."""
+        variables = self.variables(params)
+        return lambda x: self.apply_fn(variables, x, train=False)
+
+    def train_forward(self, params: Any, x: Array) -> tuple[Array, Any]:
+        """Training-mode forward pass: (logits, updated batch_stats)."""
+        if not self.has_batch_stats:
+            return self.apply_fn({"params": params}, x, train=True), self.batch_stats
+        logits, updates = self.apply_fn(
+            self.variables(params), x, train=True, mutable=["batch_stats"]
+        )
+        return logits, updates["batch_stats"]
+
+    def step_key(self) -> Array:
+        """The PRNG key of the current step."""
+        return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+
+    def apply_gradients(self, grads: Any, batch_stats: Any) -> TrainState:
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        return self.replace(
+            step=self.step + 1,
+            params=optax.apply_updates(self.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
