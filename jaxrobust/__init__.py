@@ -1,0 +1,76 @@
+"""jaxrobust: adversarially robust machine learning in pure, composable JAX.
+
+The flat public API (like optax): threat models, losses, the `optimize` engine, attacks,
+models and their adapters, training objectives. Submodules hold the rest:
+`jaxrobust.data`, `jaxrobust.checkpoint`, `jaxrobust.report`, `jaxrobust.train`.
+"""
+
+from jaxrobust.attacks import classifier_objective, fgsm, grid, pgd, transform_grid, worst_of_k
+from jaxrobust.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    InputError,
+    JaxRobustError,
+)
+from jaxrobust.losses import (
+    cross_entropy,
+    dlr,
+    dlr_targeted,
+    get_loss,
+    kl_divergence,
+    margin,
+    targeted,
+)
+from jaxrobust.models import as_features_fn, as_logits_fn, create_model, init_model
+from jaxrobust.optimize import Result, best_of, optimize
+from jaxrobust.threat import (
+    ThreatModel,
+    get_threat,
+    l1,
+    l2,
+    linf,
+    masked,
+    rotate_translate,
+    spatial,
+    unconstrained,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "InputError",
+    "JaxRobustError",
+    "Result",
+    "ThreatModel",
+    "as_features_fn",
+    "as_logits_fn",
+    "best_of",
+    "classifier_objective",
+    "create_model",
+    "cross_entropy",
+    "dlr",
+    "dlr_targeted",
+    "fgsm",
+    "get_loss",
+    "get_threat",
+    "grid",
+    "init_model",
+    "kl_divergence",
+    "l1",
+    "l2",
+    "linf",
+    "margin",
+    "masked",
+    "optimize",
+    "pgd",
+    "rotate_translate",
+    "spatial",
+    "targeted",
+    "transform_grid",
+    "unconstrained",
+    "worst_of_k",
+]

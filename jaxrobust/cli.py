@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from jaxrobust.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     try:
         return args.fn(args)
     except JaxRobustError as e:

@@ -1,0 +1,197 @@
+"""Training objectives, the jitted step, BatchNorm handling, schedules and configs."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxrobust import linf, pgd
+from jaxrobust.config import apply_overrides, default_config, load_config, smoke_config
+from jaxrobust.errors import ConfigError
+from jaxrobust.models import MLP
+from jaxrobust.threat import spatial
+from jaxrobust.train import (
+    TrainState,
+    fast_at,
+    make_schedule,
+    make_train_step,
+    pgd_at,
+    spatial_random,
+    spatial_worst_of_k,
+    standard,
+    trades,
+)
+
+EPS = 0.1
+
+
+@pytest.fixture(scope="module")
+def batch():
+    from jaxrobust.data import load_split
+
+    x, y = load_split("digits", "train", limit=64)
+    return {"image": jnp.asarray(x), "label": jnp.asarray(y)}
+
+
+def _state(model=None, lr=1e-2):
+    model = MLP(hidden=(32,)) if model is None else model
+    return TrainState.create(model, optax.adam(lr), jax.random.key(0), (8, 8, 1))
+
+
+OBJECTIVES = {
+    "standard": standard(),
+    "pgd_at": pgd_at(linf(EPS), steps=3),
+    "fast_at": fast_at(linf(EPS)),
+    "trades": trades(linf(EPS), steps=3),
+    "spatial_worst_of_k": spatial_worst_of_k(spatial(30, 1), k=3),
+    "spatial_random": spatial_random(spatial(30, 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_objective_step_trains(name, batch):
+    step = make_train_step(OBJECTIVES[name])
+    state = _state()
+    first = None
+    for _ in range(15):
+        state, metrics = step(state, batch)
+        first = float(metrics["loss"]) if first is None else first
+    assert int(state.step) == 15
+    assert np.isfinite(float(metrics["loss"]))
+    # 15 Adam steps on one batch must reduce the objective's own loss.
+    assert float(metrics["loss"]) < first
+
+
+def test_step_is_deterministic(batch):
+    step = make_train_step(OBJECTIVES["pgd_at"])
+    a, _ = step(_state(), batch)
+    b, _ = step(_state(), batch)
+    for la, lb in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(la, lb)
+
+
+def test_pgd_at_trains_on_pgd_examples(batch):
+    """The gradient step equals the CE gradient at PGD's last iterate from the step key."""
+    state = _state()
+    x, y = batch["image"], batch["label"]
+    x_adv = pgd(
+        state.logits_fn(),
+        x,
+        y,
+        state.step_key(),
+        threat=linf(EPS),
+        steps=3,
+        step_size=EPS / 4,
+        keep_best=False,
+    ).x_adv
+
+    def loss(p):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            state.apply_fn({"params": p}, x_adv), y
+        ).mean()
+
+    expected = state.apply_gradients(jax.grad(loss)(state.params), state.batch_stats)
+    got, _ = make_train_step(pgd_at(linf(EPS), steps=3))(_state(), batch)
+    for a, b in zip(jax.tree.leaves(expected.params), jax.tree.leaves(got.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _BNNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.Dense(16)(x.reshape(x.shape[0], -1))
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+        return nn.Dense(10)(nn.relu(h))
+
+
+def test_batchnorm_stats_come_from_the_training_pass_only(batch):
+    """Attack passes run in inference mode: after a PGD-AT step the running statistics are
+    exactly one momentum update from the training-mode pass on x_adv."""
+    state = _state(_BNNet())
+    x, y = batch["image"], batch["label"]
+    x_adv = pgd(
+        state.logits_fn(),
+        x,
+        y,
+        state.step_key(),
+        threat=linf(EPS),
+        steps=3,
+        step_size=EPS / 4,
+        keep_best=False,
+    ).x_adv
+    _, expected = state.train_forward(state.params, x_adv)
+    new, _ = make_train_step(pgd_at(linf(EPS), steps=3))(_state(_BNNet()), batch)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(new.batch_stats), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # And they did move away from the initial statistics.
+    init = _state(_BNNet()).batch_stats
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(new.batch_stats), strict=True)
+    )
+
+
+def test_schedules():
+    total = 100
+    piece = make_schedule("piecewise", 0.1, total)
+    assert float(piece(0)) == pytest.approx(0.1)
+    assert float(piece(60)) == pytest.approx(0.01)
+    assert float(piece(90)) == pytest.approx(0.001)
+    cyc = make_schedule("cyclic", 0.2, total)
+    assert float(cyc(0)) == pytest.approx(0.0)
+    assert float(cyc(40)) == pytest.approx(0.2)
+    assert float(cyc(total)) == pytest.approx(0.0, abs=1e-6)
+    cos = make_schedule("cosine", 0.1, total, warmup_steps=10)
+    assert float(cos(0)) == pytest.approx(0.0)
+    assert float(cos(10)) == pytest.approx(0.1)
+    assert float(cos(total)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        make_schedule("bogus", 0.1, total)
+
+
+def test_config_overrides():
+    cfg = default_config()
+    apply_overrides(cfg, ["eps=0.2", "model.kwargs.hidden=(64,)", "objective=trades", "epochs=3"])
+    assert cfg.eps == 0.2 and cfg.model.kwargs.hidden == (64,) and cfg.objective == "trades"
+    assert cfg.epochs == 3
+    apply_overrides(cfg, ["eval.eps_list=[0, 0.1]"])
+    assert cfg.eval.eps_list == (0, 0.1)
+    assert smoke_config().epochs < default_config().epochs
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("bogus=1", "unknown config key 'bogus'"),
+        ("eval.bogus=1", "unknown config key 'eval.bogus'"),
+        ("epochs=abc", "expects a int"),
+        ("eps=-0.1", "eps must be >= 0|eps values must be >= 0"),
+        ("eps=nan", "expects a float|>= 0"),
+        ("objective=magic", "unknown objective"),
+        ("threat=l7", "unknown threat"),
+        ("noequals", "key=value"),
+    ],
+)
+def test_config_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_config_file(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"eps": 0.05, "model": {"name": "small_cnn", "kwargs": {"dense": 32}}}')
+    cfg = load_config(str(path))
+    assert cfg.eps == 0.05 and cfg.model.name == "small_cnn" and cfg.model.kwargs.dense == 32
+    path.write_text('{"epsilon": 0.05}')
+    with pytest.raises(ConfigError, match="epsilon"):
+        load_config(str(path))
+    py = tmp_path / "c.py"
+    py.write_text(
+        "from jaxrobust.config import smoke_config\n"
+        "def get_config():\n    c = smoke_config()\n    c.seed = 7\n    return c\n"
+    )
+    assert load_config(str(py)).seed == 7
