@@ -138,6 +138,9 @@ def set_value(cfg: ml_collections.ConfigDict, path: str, value: Any) -> None:
             node[leaf] = value
         return
     old = node[leaf]
+    if isinstance(old, ml_collections.ConfigDict) and isinstance(value, dict):
+        node[leaf] = ml_collections.ConfigDict(value)  # e.g. model.kwargs={"depth": 16}
+        return
     if isinstance(old, tuple) and isinstance(value, int | float):
         value = (value,)
     if isinstance(old, tuple) and isinstance(value, list):

@@ -122,3 +122,17 @@ def test_eval_of_missing_or_corrupt_run(run_dir, tmp_path, capsys):
     assert main(["eval", str(broken), "--steps", "2", "--restarts", "1"]) == 2
     err = capsys.readouterr().err
     assert "corrupt" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("objective", ["fast_at", "trades", "spatial_worst_of_k"])
+def test_train_other_objectives(objective, tmp_path):
+    out = tmp_path / objective
+    sets = ["--set", f"objective={objective}", "--set", "epochs=1", "--set", "eval.eps_list=(0,)"]
+    assert main(["train", *FAST, *sets, "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["objective"] == objective
+    assert 0.0 <= m["robust_accuracy"] <= m["clean_accuracy"]
+    if objective == "fast_at":
+        # The catastrophic-overfitting check ran (a PGD accuracy on a training batch).
+        assert 0.0 <= m["history"][0]["co_check_robust_accuracy"] <= 1.0
+        assert m["catastrophic_overfitting"] is None
