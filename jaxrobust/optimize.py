@@ -158,6 +158,8 @@ def optimize(
             delta, opt_state, best = carry
             (_, (values, success)), grad = value_and_grad(delta)
             best = _merge(best, delta, sign * values, values, success)
+            if threat.free is not None:
+                grad = threat.free(grad, delta, x)
             direction = threat.ascent(grad)
             if optimizer is None:
                 size = _step_size_at(step_size, i)

@@ -8,7 +8,10 @@ have the shape `zeros(x)` returns: the shape of `x` for pixel threats, (B, 3) fo
 - `project(delta, x) -> delta` onto the set ∩ {delta : lo <= x + delta <= hi}, idempotent;
 - `ascent(grad) -> direction`  steepest ascent for the norm (unit length in that norm);
 - `apply(x, delta) -> x_adv`   the perturbed input;
-- `zeros(x) -> delta`          the zero perturbation.
+- `zeros(x) -> delta`          the zero perturbation;
+- `free(grad, delta, x) -> grad` (optional) zero the gradient coordinates that point out of
+  the input box where x + delta already sits on its face: steps along them would be clipped
+  away, and leaving them in wastes the step budget of ℓ2 and sparse ℓ1 ascent.
 
 ε may be a Python float, a scalar array or a per-example array of shape (B,); it may be a
 tracer, so one compiled attack serves every ε.
@@ -39,6 +42,7 @@ class ThreatModel(NamedTuple):
     name: str
     eps: Any
     box: tuple[float, float]
+    free: Callable[[Array, Array, Array], Array] | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -74,6 +78,15 @@ def _box_bounds(x: Array, lo: float, hi: float) -> tuple[Array, Array]:
 
 def _clip_to_box(delta: Array, x: Array, lo: float, hi: float) -> Array:
     return jnp.clip(x + delta, lo, hi) - x
+
+
+def _box_free(lo: float, hi: float) -> Callable[[Array, Array, Array], Array]:
+    def free(grad, delta, x):
+        z = x + delta
+        blocked = ((z >= hi) & (grad > 0)) | ((z <= lo) & (grad < 0))
+        return jnp.where(blocked, 0.0, grad)
+
+    return free
 
 
 def _bisect(fn: Callable[[Array], Array], lo: Array, hi: Array, iters: int = 40) -> Array:
@@ -125,6 +138,7 @@ def linf(eps: Any, *, lo: float = 0.0, hi: float = 1.0) -> ThreatModel:
         name="linf",
         eps=eps,
         box=(lo, hi),
+        free=_box_free(lo, hi),
     )
 
 
@@ -188,6 +202,7 @@ def l2(eps: Any, *, lo: float = 0.0, hi: float = 1.0) -> ThreatModel:
         name="l2",
         eps=eps,
         box=(lo, hi),
+        free=_box_free(lo, hi),
     )
 
 
@@ -227,8 +242,12 @@ def l1(eps: Any, *, lo: float = 0.0, hi: float = 1.0, sparsity: float = 0.99) ->
     def ascent(g):
         flat = jnp.abs(g.reshape(g.shape[0], -1))
         k = max(1, round((1.0 - sparsity) * flat.shape[1]))
-        kth = jax.lax.top_k(flat, k)[0][:, -1].reshape((-1,) + (1,) * (g.ndim - 1))
-        mask = (jnp.abs(g) >= kth) & (jnp.abs(g) > 0)
+        # Exactly k coordinates by index: a threshold |g| >= kth keeps every tie (all of them
+        # for a constant gradient), which breaks the promised sparsity.
+        idx = jax.lax.top_k(flat, k)[1]
+        rows = jnp.arange(flat.shape[0])[:, None]
+        mask = jnp.zeros(flat.shape, bool).at[rows, idx].set(True).reshape(g.shape)
+        mask = mask & (jnp.abs(g) > 0)
         d = jnp.sign(g) * mask
         return d / jnp.maximum(_flat_sum(jnp.abs(d)), 1.0)
 
@@ -241,6 +260,7 @@ def l1(eps: Any, *, lo: float = 0.0, hi: float = 1.0, sparsity: float = 0.99) ->
         name="l1",
         eps=eps,
         box=(lo, hi),
+        free=_box_free(lo, hi),
     )
 
 
@@ -269,6 +289,7 @@ def unconstrained(*, lo: float = 0.0, hi: float = 1.0, step_norm: str = "linf") 
         name="unconstrained",
         eps=math.inf,
         box=(lo, hi),
+        free=_box_free(lo, hi),
     )
 
 
