@@ -164,27 +164,33 @@ def _uniform_l1_ball(key: Array, shape: tuple) -> Array:
 def l2(eps: Any, *, lo: float = 0.0, hi: float = 1.0) -> ThreatModel:
     """ℓ2 ball of radius eps intersected with the box [lo, hi].
 
-    The projection is exact: the KKT conditions give delta = clip(v / (1 + λ), box) with the
-    smallest λ >= 0 that makes ‖delta‖₂ <= eps, found per example by bisection.
+    The projection is exact: the KKT conditions give delta = clip(s·v, box) with the largest
+    s in (0, 1] that makes ‖delta‖₂ <= eps. s is found per example by bisection on log s over
+    [log(eps/‖v‖), 0] (s = eps/‖v‖ is always feasible), so huge v keep full resolution, and
+    ‖v‖ is computed with a rescaling that cannot overflow.
     """
     _validate(eps, lo, hi)
 
     def project(delta, x):
         e = _per_example(eps, x)
         a, b = _box_bounds(x, lo, hi)
+        # Scale by an exact power of two before squaring so ‖v‖ cannot overflow (a division
+        # by max|v| would flush to zero on backends that compute 1/max|v| as a denormal).
+        big = jnp.max(jnp.abs(delta), axis=tuple(range(1, delta.ndim)), keepdims=True)
+        scale = jnp.where(big > 2.0**60, 2.0**-80, 1.0).astype(delta.dtype)
+        norm = jnp.sqrt(_flat_sum((delta * scale) ** 2)) / scale
+        norm = jnp.minimum(norm, jnp.finfo(delta.dtype).max)
 
-        def candidate(lam):
-            return jnp.clip(delta / (1.0 + lam), a, b)
+        def candidate(w):  # w = -log s >= 0
+            return jnp.clip(delta * jnp.exp(-w), a, b)
 
-        def excess(lam):
-            return jnp.sqrt(_flat_sum(candidate(lam) ** 2)) - e
+        def excess(w):
+            return jnp.sqrt(_flat_sum(candidate(w) ** 2)) - e
 
-        # λ with ‖v‖/(1+λ) = eps already satisfies the constraint, bounding the search.
-        norm = jnp.sqrt(_flat_sum(delta**2))
-        upper = jnp.maximum(norm / jnp.maximum(e, 1e-12) - 1.0, 0.0)
-        lam = _bisect(excess, jnp.zeros_like(upper), upper)
-        lam = jnp.where(excess(jnp.zeros_like(upper)) <= 0, 0.0, lam)
-        return candidate(lam)
+        upper = jnp.maximum(jnp.log(norm) - jnp.log(jnp.maximum(e, 1e-30)), 0.0)
+        w = _bisect(excess, jnp.zeros_like(upper), upper)
+        w = jnp.where(excess(jnp.zeros_like(upper)) <= 0, 0.0, w)
+        return jnp.where(e > 0, candidate(w), 0.0)
 
     def init(key, x):
         u = _per_example_sample(key, x, _uniform_l2_ball)
@@ -209,8 +215,9 @@ def l2(eps: Any, *, lo: float = 0.0, hi: float = 1.0) -> ThreatModel:
 def l1(eps: Any, *, lo: float = 0.0, hi: float = 1.0, sparsity: float = 0.99) -> ThreatModel:
     """ℓ1 ball of radius eps intersected with the box [lo, hi].
 
-    Projection (exact): delta_i = sign(v_i) · clip(|v_i| − λ, 0, u_i) where u_i is the room
-    the box leaves in the direction of v_i, with the smallest λ >= 0 that meets the budget.
+    Projection (exact up to float32 resolution, i.e. for |v| well below 1e6·eps):
+    delta_i = sign(v_i) · clip(|v_i| − λ, 0, u_i) where u_i is the room the box leaves in the
+    direction of v_i, with the smallest λ >= 0 that meets the budget (bisection).
     Ascent keeps the top (1 − sparsity) fraction of coordinates by |grad| (at least one),
     signs them and scales to unit ℓ1 norm (the sparse steepest ascent of SLIDE/APGD-ℓ1).
     """
