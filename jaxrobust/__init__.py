@@ -23,7 +23,7 @@ from jaxrobust.losses import (
     targeted,
 )
 from jaxrobust.models import as_features_fn, as_logits_fn, create_model, init_model
-from jaxrobust.optimize import Result, best_of, optimize
+from jaxrobust.optimize import Result, StepRule, best_of, fixed_step, optax_step, optimize
 from jaxrobust.threat import (
     ThreatModel,
     get_threat,
@@ -45,6 +45,7 @@ __all__ = [
     "InputError",
     "JaxRobustError",
     "Result",
+    "StepRule",
     "ThreatModel",
     "as_features_fn",
     "as_logits_fn",
@@ -55,6 +56,7 @@ __all__ = [
     "dlr",
     "dlr_targeted",
     "fgsm",
+    "fixed_step",
     "get_loss",
     "get_threat",
     "grid",
@@ -65,6 +67,7 @@ __all__ = [
     "linf",
     "margin",
     "masked",
+    "optax_step",
     "optimize",
     "pgd",
     "rotate_translate",

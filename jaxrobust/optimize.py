@@ -40,6 +40,46 @@ class Result(NamedTuple):
     success: Array
 
 
+class StepRule(NamedTuple):
+    """How the engine turns a gradient into the next iterate (a pure pair of functions).
+
+    init(delta0, x) -> state
+    update(state, delta, grad, score, i, threat, x) -> (next delta, already projected; state)
+
+    `grad` is the gradient of the signed objective (ascent improves it), with the
+    coordinates the input box blocks already zeroed; `score` (B,) is the signed objective
+    at `delta`; `i` the step index. Fixed steps, optax transformations and APGD's adaptive
+    schedule are all step rules.
+    """
+
+    init: Callable[[Array, Array], Any]
+    update: Callable[..., tuple[Array, Any]]
+
+
+def fixed_step(step_size: StepSize) -> StepRule:
+    """delta ← project(delta + step_size(i) · ascent(grad)); a float, (B,) array or schedule."""
+
+    def update(state, delta, grad, score, i, threat, x):
+        del score
+        size = _step_size_at(step_size, i)
+        # A (B,) step size is per example; a scalar broadcasts as is.
+        size = _broadcast(size, delta) if size.ndim else size
+        return threat.project(delta + size * threat.ascent(grad), x), state
+
+    return StepRule(init=lambda delta, x: (), update=update)
+
+
+def optax_step(optimizer: optax.GradientTransformation) -> StepRule:
+    """Any optax transformation, fed the negated ascent direction (optax minimises)."""
+
+    def update(state, delta, grad, score, i, threat, x):
+        del score, i
+        updates, state = optimizer.update(-threat.ascent(grad), state, delta)
+        return threat.project(delta + updates, x), state
+
+    return StepRule(init=lambda delta, x: optimizer.init(delta), update=update)
+
+
 class _Best(NamedTuple):
     delta: Array
     score: Array  # value with the sign that makes larger better
@@ -102,6 +142,7 @@ def optimize(
     steps: int,
     step_size: StepSize | None = None,
     optimizer: optax.GradientTransformation | None = None,
+    rule: StepRule | None = None,
     restarts: int = 1,
     random_start: bool = True,
     keep_best: bool = True,
@@ -121,6 +162,7 @@ def optimize(
         the threat's norm: each step adds `step_size * threat.ascent(grad)`.
       optimizer: instead of `step_size`, any optax transformation, fed the negated ascent
         direction (optax minimises), e.g. `optax.sgd(0.01, momentum=0.9)`.
+      rule: or any `StepRule` (e.g. APGD's adaptive step size with momentum).
       restarts: independent random starts; the per-example best over all is returned.
       random_start: start from `threat.init` (else from zero).
       keep_best: return the best iterate seen (else the last iterate of the last restart).
@@ -132,8 +174,10 @@ def optimize(
     Returns:
       `Result(x_adv, delta, value, success)`.
     """
-    if (step_size is None) == (optimizer is None):
-        raise InputError("give exactly one of step_size or optimizer")
+    if sum(v is not None for v in (step_size, optimizer, rule)) != 1:
+        raise InputError("give exactly one of step_size, optimizer or rule")
+    if rule is None:
+        rule = fixed_step(step_size) if optimizer is None else optax_step(optimizer)
     if steps < 0 or restarts < 1:
         raise InputError(f"need steps >= 0 and restarts >= 1, got {steps=}, {restarts=}")
     batch = x.shape[0]
@@ -151,7 +195,7 @@ def optimize(
 
     def one_run(run_key: Array) -> tuple[_Best, Array, Array, Array]:
         delta0 = threat.init(run_key, x) if random_start else threat.zeros(x)
-        opt_state0 = optimizer.init(delta0) if optimizer is not None else ()
+        opt_state0 = rule.init(delta0, x)
         best0 = _empty_best(delta0, batch, x.dtype)
 
         def body(carry, i):
@@ -160,16 +204,8 @@ def optimize(
             best = _merge(best, delta, sign * values, values, success)
             if threat.free is not None:
                 grad = threat.free(grad, delta, x)
-            direction = threat.ascent(grad)
-            if optimizer is None:
-                size = _step_size_at(step_size, i)
-                # A (B,) step size is per example; a scalar broadcasts as is.
-                size = _broadcast(size, delta) if size.ndim else size
-                delta = delta + size * direction
-            else:
-                updates, opt_state = optimizer.update(-direction, opt_state, delta)
-                delta = delta + updates
-            return (threat.project(delta, x), opt_state, best), None
+            delta, opt_state = rule.update(opt_state, delta, grad, sign * values, i, threat, x)
+            return (delta, opt_state, best), None
 
         (delta, _, best), _ = jax.lax.scan(
             body, (delta0, opt_state0, best0), jnp.arange(steps), unroll=unroll

@@ -570,11 +570,11 @@ def test_optimize_input_errors():
         optimize(lambda z: z, X6, KEY, threat=linf(0.1), steps=1, step_size=0.1)
     with pytest.raises(InputError, match=r"shape \(6,\), got \(\)"):
         optimize(jnp.sum, X6, KEY, threat=linf(0.1), steps=1, step_size=0.1)
-    with pytest.raises(InputError, match="exactly one of step_size or optimizer"):
+    with pytest.raises(InputError, match="exactly one of step_size, optimizer or rule"):
         optimize(
             objective, X6, KEY, threat=linf(0.1), steps=1, step_size=0.1, optimizer=optax.sgd(0.1)
         )
-    with pytest.raises(InputError, match="exactly one of step_size or optimizer"):
+    with pytest.raises(InputError, match="exactly one of step_size, optimizer or rule"):
         optimize(objective, X6, KEY, threat=linf(0.1), steps=1)
     with pytest.raises(InputError, match="steps >= 0 and restarts >= 1"):
         optimize(objective, X6, KEY, threat=linf(0.1), steps=-1, step_size=0.1)
