@@ -187,7 +187,9 @@ def l2(eps: Any, *, lo: float = 0.0, hi: float = 1.0) -> ThreatModel:
         def excess(w):
             return jnp.sqrt(_flat_sum(candidate(w) ** 2)) - e
 
-        upper = jnp.maximum(jnp.log(norm) - jnp.log(jnp.maximum(e, 1e-30)), 0.0)
+        # s = eps/‖v‖ is feasible in exact arithmetic; the margin keeps it feasible after
+        # float32 rounding of log/exp (bisection needs a feasible upper end).
+        upper = jnp.maximum(jnp.log(norm) - jnp.log(jnp.maximum(e, 1e-30)), 0.0) + 1e-3
         w = _bisect(excess, jnp.zeros_like(upper), upper)
         w = jnp.where(excess(jnp.zeros_like(upper)) <= 0, 0.0, w)
         return jnp.where(e > 0, candidate(w), 0.0)
@@ -197,7 +199,10 @@ def l2(eps: Any, *, lo: float = 0.0, hi: float = 1.0) -> ThreatModel:
         return project(u * _per_example(eps, x), x)
 
     def ascent(g):
-        return g / jnp.maximum(jnp.sqrt(_flat_sum(g**2)), 1e-12)
+        # Rescale by max|g| first: tiny (or huge) gradients still give a unit direction.
+        big = jnp.max(jnp.abs(g), axis=tuple(range(1, g.ndim)), keepdims=True)
+        scaled = g / jnp.where(big > 0, big, 1.0)
+        return scaled / jnp.maximum(jnp.sqrt(_flat_sum(scaled**2)), 1.0)
 
     return ThreatModel(
         init=init,

@@ -12,6 +12,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI runs the property tests with a fixed seed so a submission's result is reproducible;
+# locally every run explores new examples.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 _ROOT = Path(os.environ.get("JAXROBUST_TEST_ROOT") or tempfile.mkdtemp(prefix="jaxrobust-tests-"))
 os.environ.setdefault("JAXROBUST_DATA_DIR", str(_ROOT / "data"))
