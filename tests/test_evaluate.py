@@ -1,0 +1,204 @@
+"""`evaluate`: the cascade, its bookkeeping, resumption and the sanity-check flags."""
+
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxrobust.attacks.evaluate import evaluate
+from jaxrobust.data import load_split
+from jaxrobust.errors import InputError
+
+FAST = ("pgd-10", "fgsm")
+
+
+class _MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(64)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10)(h)
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    x, y = load_split("digits", "train")
+    net = _MLP()
+    params = net.init(jax.random.key(0), x[:1])
+    tx = optax.adam(3e-3)
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(
+            lambda p: optax.softmax_cross_entropy_with_integer_labels(net.apply(p, x), y).mean()
+        )(p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    state = tx.init(params)
+    for _ in range(300):
+        params, state = step(params, state)
+    xt, yt = load_split("digits", "test", limit=96)
+    return (lambda z: net.apply(params, z)), xt, yt
+
+
+def test_cascade_bookkeeping(model_and_data):
+    f, x, y = model_and_data
+    r = evaluate(
+        f, x, y, jax.random.key(0), eps=[0.05, 0.3], attacks=FAST, batch_size=32, checks=False
+    )
+    assert r.clean_accuracy > 0.9
+    for i in range(2):
+        # The cascade only ever removes points: accuracy after each attack is non-increasing
+        # and the worst case is the accuracy after the last attack.
+        after = [r.per_attack[a][i] for a in FAST]
+        assert r.clean_accuracy >= after[0] >= after[1] == r.robust_accuracy[i]
+    assert r.robust_accuracy[1] <= 0.05  # an undefended model at ε = 0.3
+    assert r.robust_accuracy[0] >= r.robust_accuracy[1]
+    assert set(r.timings) == set(FAST) and r.compile_seconds > 0
+    delta = np.abs(r.x_adv - x).reshape(len(x), -1).max(1)
+    assert delta.max() <= 0.3 + 1e-6 and r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    json.dumps(r.to_dict())
+
+
+def test_state_file_resumes(model_and_data, tmp_path):
+    f, x, y = model_and_data
+    path = tmp_path / "state.json"
+    a = evaluate(
+        f,
+        x,
+        y,
+        jax.random.key(0),
+        eps=0.1,
+        attacks=FAST,
+        batch_size=32,
+        checks=False,
+        state_file=path,
+    )
+    state = json.loads(path.read_text())
+    assert state["done"] == {"0": 1}
+
+    def exploding(*args):
+        raise AssertionError("a finished step ran again")
+
+    b = evaluate(
+        f,
+        x,
+        y,
+        jax.random.key(0),
+        eps=0.1,
+        attacks=[("pgd-10", exploding), ("fgsm", exploding)],
+        batch_size=32,
+        checks=False,
+        state_file=path,
+    )
+    assert b.robust_accuracy == a.robust_accuracy
+    with pytest.raises(InputError, match="another evaluation"):
+        evaluate(
+            f,
+            x,
+            y,
+            jax.random.key(0),
+            eps=0.2,
+            attacks=FAST,
+            batch_size=32,
+            checks=False,
+            state_file=path,
+        )
+
+
+def test_trusted_model_raises_no_flags(model_and_data):
+    f, x, y = model_and_data
+    r = evaluate(
+        f, x, y, jax.random.key(0), eps=0.1, attacks=FAST, batch_size=32, check_examples=64
+    )
+    assert r.flags == [], r.flags
+    assert r.checks["large_eps_accuracy"] == 0.0
+
+
+def _flag_names(report):
+    return {f.name for f in report.flags}
+
+
+@pytest.mark.parametrize("masking", ["stop_gradient", "saturate"])
+def test_gradient_masking_is_flagged(model_and_data, masking):
+    f, x, y = model_and_data
+    if masking == "stop_gradient":
+        masked = lambda z: jax.lax.stop_gradient(f(z))  # noqa: E731
+    else:
+        masked = lambda z: f(z) * 1e4  # noqa: E731
+    r = evaluate(
+        masked, x, y, jax.random.key(0), eps=0.1, attacks=FAST, batch_size=32, check_examples=64
+    )
+    assert "zero_gradients" in _flag_names(r)
+    assert "large_eps_not_broken" in _flag_names(r)
+
+
+def test_randomised_model_is_attacked_with_eot_and_flagged(model_and_data):
+    f, x, y = model_and_data
+
+    def noisy(z, key):
+        return f(jnp.clip(z + 0.05 * jax.random.normal(key, z.shape), 0, 1))
+
+    r = evaluate(
+        noisy,
+        x,
+        y,
+        jax.random.key(0),
+        eps=0.1,
+        attacks=FAST,
+        batch_size=32,
+        check_examples=64,
+        eot_samples=2,
+    )
+    assert "randomised_model" in _flag_names(r)
+
+
+def test_softmax_outputs_are_flagged(model_and_data):
+    f, x, y = model_and_data
+    r = evaluate(
+        lambda z: jax.nn.softmax(f(z)),
+        x,
+        y,
+        jax.random.key(0),
+        eps=0.1,
+        attacks=FAST,
+        batch_size=32,
+        check_examples=64,
+    )
+    assert "softmax_outputs" in _flag_names(r)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"attacks": ["magic"]}, "unknown attack 'magic'"),
+        ({"attacks": "nonsense"}, "unknown suite 'nonsense'"),
+        ({"eps": 0.0}, "eps must be > 0"),
+        ({"eps": -0.1}, "eps must be > 0"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"threat": "l5"}, "unknown threat"),
+    ],
+)
+def test_bad_arguments(model_and_data, kwargs, match):
+    f, x, y = model_and_data
+    args = {"eps": 0.1, "attacks": FAST, "checks": False, **kwargs}
+    with pytest.raises(InputError, match=match):
+        evaluate(f, x, y, jax.random.key(0), **args)
+
+
+def test_bad_models_and_labels(model_and_data):
+    f, x, y = model_and_data
+    with pytest.raises(InputError, match="logits of shape"):
+        evaluate(lambda z: f(z)[:, :, None], x, y, jax.random.key(0), eps=0.1, attacks=FAST)
+    with pytest.raises(InputError, match="labels must lie in"):
+        evaluate(f, x, y + 10, jax.random.key(0), eps=0.1, attacks=FAST)
+    with pytest.raises(InputError, match="non-finite"):
+        evaluate(lambda z: f(z) * jnp.nan, x, y, jax.random.key(0), eps=0.1, attacks=FAST)
+    with pytest.raises(InputError, match="declared input range"):
+        evaluate(f, x + 2.0, y, jax.random.key(0), eps=0.1, attacks=FAST)
