@@ -1,7 +1,7 @@
 """The `jaxrobust` command: train, eval and attack.
 
     jaxrobust train [--config NAME|FILE] [--set key=value ...] [--out DIR]
-    jaxrobust eval RUN_DIR [--attacks fgsm pgd] [--eps 0 0.1 0.3] [--steps 50] [--restarts 5]
+    jaxrobust eval RUN_DIR [--suite standard | --attacks apgd-ce fab-t ...] [--eps 0.1 0.3]
     jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR]
 
 Bad input exits with status 2 and one line naming the problem (no traceback).
@@ -37,8 +37,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import jax
 
     from jaxrobust import report
+    from jaxrobust.attacks.evaluate import evaluate
     from jaxrobust.data import load_split
-    from jaxrobust.evaluation import evaluate_attacks
     from jaxrobust.train.loop import restore_run
 
     run, state, _ = restore_run(args.run_dir, best=args.best)
@@ -46,21 +46,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     x, y = load_split(cfg.dataset, args.split, data_dir=run.data_dir, limit=args.limit)
     threat = args.threat or cfg.eval.threat or cfg.threat
     eps_list = args.eps if args.eps else [float(e) for e in cfg.eval.eps_list]
+    attacked = [e for e in eps_list if e != 0]  # ε = 0 is the clean accuracy
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = evaluate_attacks(
-        state.apply_fn,
-        state.variables(),
+    result = evaluate(
+        state.logits_fn(),
         x,
         y,
         jax.random.key(args.seed),
-        attacks=args.attacks,
         threat=threat,
-        eps_list=eps_list,
-        steps=args.steps,
-        restarts=args.restarts,
+        eps=attacked,
+        attacks=args.attacks or args.suite,
         batch_size=args.batch_size,
+        checks=not args.no_checks,
+        state_file=out / "eval_state.json" if args.resume else None,
+        progress=print,
     )
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    by_eps = dict(zip(result.eps, result.robust_accuracy, strict=True))
+    curve = [result.clean_accuracy if e == 0 else by_eps[e] for e in eps_list]
+    per_attack = {
+        name: [result.clean_accuracy if e == 0 else accs[result.eps.index(e)] for e in eps_list]
+        for name, accs in result.per_attack.items()
+    }
     metrics = {
         "run": str(args.run_dir),
         "checkpoint": "best" if args.best else "latest",
@@ -68,19 +76,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "split": args.split,
         "num_examples": len(y),
         "threat": threat,
+        "suite": args.suite if not args.attacks else None,
+        "attacks": result.attacks,
         "eps": eps_list,
-        **result,
+        "clean_accuracy": result.clean_accuracy,
+        "robust_accuracy": curve,
+        "per_attack_cascade": per_attack,
+        "timings": result.timings,
+        "compile_seconds": result.compile_seconds,
         "eval_seconds": time.perf_counter() - t0,
+        "flags": [{"name": f.name, "message": f.message} for f in result.flags],
+        "checks": result.checks,
     }
     report.write_json(out / "metrics.json", metrics)
-    curves = {name: (eps_list, accs) for name, accs in result["per_attack"].items()}
-    curves["worst case"] = (eps_list, result["robust_accuracy"])
-    report.plot_accuracy_vs_eps(
-        curves, out / "accuracy_vs_eps.png", title=f"{cfg.dataset} ({threat})"
-    )
-    for e, acc in zip(eps_list, result["robust_accuracy"], strict=True):
+    curves = {f"after {name}": (eps_list, accs) for name, accs in per_attack.items()}
+    curves["worst case"] = (eps_list, curve)
+    title = f"{cfg.dataset} ({threat})"
+    report.plot_accuracy_vs_eps(curves, out / "accuracy_vs_eps.png", title=title)
+    for e, acc in zip(eps_list, curve, strict=True):
         print(f"eps={e:g}: robust accuracy {acc:.4f}")
-    print(f"clean accuracy {result['clean_accuracy']:.4f}; report in {out}")
+    for flag in result.flags:
+        print(f"FLAG {flag.name}: {flag.message}")
+    print(f"clean accuracy {result.clean_accuracy:.4f}; report in {out}")
     return 0
 
 
@@ -142,17 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--best", action="store_true", help="use the best checkpoint")
         p.add_argument("--threat", choices=("linf", "l2", "l1"), help="default: the run's")
         p.add_argument("--split", default="test")
-        p.add_argument("--steps", type=int, default=50)
         p.add_argument("--out", help=f"output directory (default: RUN_DIR/{name})")
         p.set_defaults(fn=fn)
         if name == "eval":
-            p.add_argument("--attacks", nargs="+", default=["fgsm", "pgd"])
+            p.add_argument("--suite", default="standard", help="standard | plus | rand | fast")
+            p.add_argument("--attacks", nargs="+", help="attack names instead of a suite")
             p.add_argument("--eps", type=float, nargs="+", help="default: the run's eps_list")
-            p.add_argument("--restarts", type=int, default=5)
             p.add_argument("--limit", type=int, help="evaluate the first N examples")
             p.add_argument("--batch-size", type=int, default=512)
             p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
+            p.add_argument("--resume", action="store_true", help="resume from OUT/eval_state.json")
         else:
+            p.add_argument("--steps", type=int, default=50)
             p.add_argument("--eps", type=float, help="default: the run's training ε")
             p.add_argument("--num", type=int, default=16, help="number of examples")
     return parser

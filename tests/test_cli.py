@@ -65,16 +65,24 @@ def test_resume_with_another_config_is_refused(run_dir, tmp_path, capsys):
 
 def test_eval(run_dir, tmp_path):
     out = tmp_path / "eval"
-    args = ["eval", str(run_dir), "--eps", "0", "0.1", "0.3", "--steps", "5", "--restarts", "1"]
-    assert main([*args, "--attacks", "fgsm", "pgd", "pgd_margin", "--out", str(out)]) == 0
+    args = ["eval", str(run_dir), "--eps", "0", "0.1", "0.3", "--no-checks"]
+    assert main([*args, "--attacks", "fgsm", "pgd-10", "pgd-margin", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     worst = m["robust_accuracy"]
     assert len(worst) == 3 and worst[0] == pytest.approx(m["clean_accuracy"])
-    for accs in m["per_attack"].values():
-        assert all(w <= a + 1e-9 for w, a in zip(worst, accs, strict=True))
-        assert all(a <= m["clean_accuracy"] + 1e-9 for a in accs)
+    cascade = m["per_attack_cascade"]
+    assert list(cascade) == ["fgsm", "pgd-10", "pgd-margin"] == m["attacks"]
+    for i in range(3):
+        after = [cascade[a][i] for a in m["attacks"]]
+        assert m["clean_accuracy"] >= after[0] >= after[1] >= after[2] == worst[i]
     assert worst == sorted(worst, reverse=True)
+    assert set(m["timings"]) == set(m["attacks"])
     assert (out / "accuracy_vs_eps.png").is_file()
+
+
+def test_eval_bad_attack(run_dir, tmp_path, capsys):
+    assert main(["eval", str(run_dir), "--attacks", "magic", "--out", str(tmp_path)]) == 2
+    assert "unknown attack 'magic'" in capsys.readouterr().err
 
 
 def test_attack(run_dir, tmp_path):
@@ -119,7 +127,7 @@ def test_eval_of_missing_or_corrupt_run(run_dir, tmp_path, capsys):
     for f in (broken / "checkpoints").rglob("*"):
         if f.is_file() and "state" in str(f) and f.stat().st_size > 0:
             f.write_bytes(b"\x00garbage" * 10)
-    assert main(["eval", str(broken), "--steps", "2", "--restarts", "1"]) == 2
+    assert main(["eval", str(broken), "--attacks", "fgsm", "--no-checks"]) == 2
     err = capsys.readouterr().err
     assert "corrupt" in err and "Traceback" not in err
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxrobust.attacks.pgd import fgsm, pgd
 from jaxrobust.errors import InputError, check_batch, check_range
-from jaxrobust.losses import cross_entropy
+from jaxrobust.losses import cross_entropy, margin
 from jaxrobust.optimize import Result
 from jaxrobust.parallel import data_mesh, shard_batch
 from jaxrobust.threat import ThreatModel, get_threat
@@ -81,6 +81,7 @@ ATTACKS: dict[str, AttackFn] = {
     "square": _square,
     "pgd": lambda f, x, y, k, t: pgd(f, x, y, k, threat=t, steps=50),
     "pgd-10": lambda f, x, y, k, t: pgd(f, x, y, k, threat=t, steps=10),
+    "pgd-margin": lambda f, x, y, k, t: pgd(f, x, y, k, threat=t, steps=50, loss=margin),
     "pgd-100x2": lambda f, x, y, k, t: pgd(f, x, y, k, threat=t, steps=100, restarts=2),
     "fgsm": lambda f, x, y, k, t: fgsm(f, x, y, threat=t),
 }
