@@ -3,6 +3,7 @@
     jaxrobust train [--config NAME|FILE] [--set key=value ...] [--out DIR]
     jaxrobust eval RUN_DIR [--suite standard | --attacks apgd-ce fab-t ...] [--eps 0.1 0.3]
     jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR]
+    jaxrobust experiment NAME [--smoke] [--out DIR]
 
 Bad input exits with status 2 and one line naming the problem (no traceback).
 """
@@ -139,6 +140,29 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def experiments_dir() -> Path:
+    """The repository's experiments/ folder (experiments ship with the source checkout)."""
+    return Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from jaxrobust.errors import ConfigError
+
+    folder = experiments_dir()
+    known = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+    path = folder / f"{args.name}.py"
+    if args.name not in known:
+        raise ConfigError(
+            f"unknown experiment {args.name!r}; known: {', '.join(known) or 'none'} (in {folder})"
+        )
+    spec = importlib.util.spec_from_file_location(f"jaxrobust_experiment_{args.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(args.rest) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxrobust", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=int, default=50)
             p.add_argument("--eps", type=float, help="default: the run's training ε")
             p.add_argument("--num", type=int, default=16, help="number of examples")
+    p = sub.add_parser("experiment", help="run a paper reproduction from experiments/")
+    p.add_argument("name", help="experiment module name, e.g. sample_complexity")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="its own options (--smoke, --out)")
+    p.set_defaults(fn=_cmd_experiment)
     return parser
 
 
