@@ -1,0 +1,126 @@
+"""Time the `standard` evaluation (APGD-CE → APGD-T → FAB-T → Square) of the digits test set.
+
+A fixed model (a 3-layer MLP 64-256-256-10, standard training, seed 0) and the 360 test
+images at ℓ∞ ε = 0.1. Each measurement runs in a fresh process: "cold" with an empty JAX
+persistent compilation cache, "warm" with the cache the cold run filled. Reports end-to-end
+seconds (process work after imports: data, model restore, evaluation incl. compilation),
+compilation seconds and attack seconds without compilation, and writes them to JSON.
+
+    python benchmarks/eval_standard.py [--out benchmarks/results/eval_standard.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EPS = 0.1
+
+
+def _train_model(run_dir: Path) -> None:
+    from jaxrobust.config import load_config
+    from jaxrobust.train.loop import train
+
+    cfg = load_config(
+        None,
+        [
+            "objective=standard",
+            "model.kwargs.hidden=(256, 256)",
+            "epochs=20",
+            "eval.eps_list=(0.1,)",
+            "eval.steps=10",
+            "eval.restarts=1",
+            "eval.every_epochs=20",
+        ],
+    )
+    train(cfg, run_dir, progress=False, log=lambda s: None)
+
+
+def _worker(run_dir: str) -> dict:
+    t0 = time.perf_counter()
+    import jax
+
+    from jaxrobust.attacks.evaluate import evaluate
+    from jaxrobust.data import load_split
+    from jaxrobust.train.loop import restore_run
+
+    t_import = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    _, state, _ = restore_run(run_dir)
+    x, y = load_split("digits", "test")
+    report = evaluate(
+        state.logits_fn(), x, y, jax.random.key(0), eps=EPS, attacks="standard",
+        batch_size=len(y), checks=False,
+    )
+    return {
+        "end_to_end_seconds": time.perf_counter() - t1,
+        "import_seconds": t_import,
+        "compile_seconds": report.compile_seconds,
+        "attack_seconds": sum(report.timings.values()),
+        "per_attack_seconds": report.timings,
+        "clean_accuracy": report.clean_accuracy,
+        "robust_accuracy": report.robust_accuracy[0],
+        "per_attack_cascade": {k: v[0] for k, v in report.per_attack.items()},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="benchmarks/results/eval_standard.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(args.worker)))
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir, cache = Path(tmp) / "model", Path(tmp) / "jax_cache"
+        _train_model(run_dir)
+        results = {}
+        for label in ("cold", "warm"):
+            env = dict(os.environ, JAXROBUST_CACHE_DIR=str(cache))
+            code = (
+                "import sys; from jaxrobust.compilation_cache import enable_compilation_cache; "
+                "enable_compilation_cache(); sys.argv = sys.argv[:1] + ['--worker', sys.argv[1]];"
+                f" exec(open({str(Path(__file__).resolve())!r}).read())"
+            )
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(run_dir)], env=env, check=True,
+                capture_output=True, text=True,
+            ).stdout
+            results[label] = json.loads(out.strip().splitlines()[-1])
+    import jax
+
+    payload = {
+        "benchmark": "standard evaluation (APGD-CE, APGD-T, FAB-T, Square), digits test set",
+        "model": "MLP 64-256-256-10, standard training, seed 0",
+        "eps": EPS,
+        "num_examples": 360,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        **results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(payload, indent=2))
+    for label in ("cold", "warm"):
+        r = results[label]
+        print(
+            f"{label}: {r['end_to_end_seconds']:.1f} s end to end "
+            f"({r['compile_seconds']:.1f} s compiling, {r['attack_seconds']:.1f} s attacking); "
+            f"robust accuracy {r['robust_accuracy']:.4f}"
+        )
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
