@@ -5,7 +5,21 @@ models and their adapters, training objectives. Submodules hold the rest:
 `jaxrobust.data`, `jaxrobust.checkpoint`, `jaxrobust.report`, `jaxrobust.train`.
 """
 
-from jaxrobust.attacks import classifier_objective, fgsm, grid, pgd, transform_grid, worst_of_k
+from jaxrobust.attacks import (
+    apgd,
+    apgd_targeted,
+    classifier_objective,
+    evaluate,
+    fab,
+    fab_targeted,
+    fgsm,
+    grid,
+    pgd,
+    query_limited_attack,
+    square,
+    transform_grid,
+    worst_of_k,
+)
 from jaxrobust.errors import (
     CheckpointError,
     ConfigError,
@@ -47,6 +61,8 @@ __all__ = [
     "Result",
     "StepRule",
     "ThreatModel",
+    "apgd",
+    "apgd_targeted",
     "as_features_fn",
     "as_logits_fn",
     "best_of",
@@ -55,6 +71,9 @@ __all__ = [
     "cross_entropy",
     "dlr",
     "dlr_targeted",
+    "evaluate",
+    "fab",
+    "fab_targeted",
     "fgsm",
     "fixed_step",
     "get_loss",
@@ -70,8 +89,10 @@ __all__ = [
     "optax_step",
     "optimize",
     "pgd",
+    "query_limited_attack",
     "rotate_translate",
     "spatial",
+    "square",
     "targeted",
     "transform_grid",
     "unconstrained",

@@ -1,14 +1,46 @@
-"""Attacks: thin wrappers of the `jaxrobust.optimize` engine."""
+"""Attacks: thin wrappers of the `jaxrobust.optimize` engine, gradient-free searches, and
+the `evaluate` cascade."""
 
+from jaxrobust.attacks.apgd import apgd, apgd_rule, apgd_targeted, checkpoints
+from jaxrobust.attacks.blackbox import BlackBoxResult, nes_gradient, query_limited_attack
+from jaxrobust.attacks.evaluate import (
+    ATTACKS,
+    SUITES,
+    EvalReport,
+    Flag,
+    evaluate,
+    expectation_over_transformation,
+)
+from jaxrobust.attacks.fab import fab, fab_targeted, projection_l2, projection_linf
 from jaxrobust.attacks.pgd import classifier_objective, default_step_size, fgsm, pgd
 from jaxrobust.attacks.spatial import grid, transform_grid, worst_of_k
+from jaxrobust.attacks.square import SquareResult, square
 
 __all__ = [
+    "ATTACKS",
+    "SUITES",
+    "BlackBoxResult",
+    "EvalReport",
+    "Flag",
+    "SquareResult",
+    "apgd",
+    "apgd_rule",
+    "apgd_targeted",
+    "checkpoints",
     "classifier_objective",
     "default_step_size",
+    "evaluate",
+    "expectation_over_transformation",
+    "fab",
+    "fab_targeted",
     "fgsm",
     "grid",
+    "nes_gradient",
     "pgd",
+    "projection_l2",
+    "projection_linf",
+    "query_limited_attack",
+    "square",
     "transform_grid",
     "worst_of_k",
 ]
