@@ -106,6 +106,24 @@ def _merge(best: _Best, delta: Array, score: Array, value: Array, success: Array
     )
 
 
+def merge_results(best: Result, new: Result, *, maximize: bool = True) -> Result:
+    """Per example, keep `new` where it beats `best`: success dominates, then the higher
+    value (lower when minimising). The rule `optimize` uses for restarts, public so that
+    attacks looping over targets or configurations keep the same per-example worst case."""
+    sign = 1.0 if maximize else -1.0
+    take = _improves(
+        sign * new.value,
+        new.success,
+        _Best(best.delta, sign * best.value, best.value, best.success),
+    )
+    return Result(
+        x_adv=jnp.where(_broadcast(take, new.x_adv), new.x_adv, best.x_adv),
+        delta=jnp.where(_broadcast(take, new.delta), new.delta, best.delta),
+        value=jnp.where(take, new.value, best.value),
+        success=jnp.where(take, new.success, best.success),
+    )
+
+
 def _empty_best(delta: Array, batch: int, dtype) -> _Best:
     return _Best(
         delta=delta,

@@ -46,7 +46,7 @@ import numpy as np
 from jaxrobust.attacks.pgd import check_attack_inputs, check_result, classifier_objective
 from jaxrobust.errors import InputError, check_eps, is_concrete
 from jaxrobust.losses import Loss, cross_entropy, dlr, dlr_targeted
-from jaxrobust.optimize import Result, StepRule, optimize
+from jaxrobust.optimize import Result, StepRule, merge_results, optimize
 from jaxrobust.threat import ThreatModel
 
 Array = jax.Array
@@ -388,16 +388,8 @@ def apgd_targeted(
         j, target = jt
         res = run(j, target)
         # Success dominates, then the higher value; the first target always fills in.
-        take = (
-            (j == 0)
-            | (res.success & ~best.success)
-            | ((res.success == best.success) & (res.value > best.value))
-        )
-        merged = Result(
-            x_adv=_where(take, res.x_adv, best.x_adv),
-            delta=_where(take, res.delta, best.delta),
-            value=jnp.where(take, res.value, best.value),
-            success=jnp.where(take, res.success, best.success),
+        merged = jax.tree.map(
+            lambda first, later: jnp.where(j == 0, first, later), res, merge_results(best, res)
         )
         return merged, None
 
