@@ -202,3 +202,24 @@ def test_bad_models_and_labels(model_and_data):
         evaluate(lambda z: f(z) * jnp.nan, x, y, jax.random.key(0), eps=0.1, attacks=FAST)
     with pytest.raises(InputError, match="declared input range"):
         evaluate(f, x + 2.0, y, jax.random.key(0), eps=0.1, attacks=FAST)
+
+
+@pytest.mark.slow
+def test_standard_suite_breaks_a_gradient_masked_model(model_and_data):
+    """stop_gradient blinds APGD and FAB; the flags say so and Square still breaks it."""
+    f, x, y = model_and_data
+    masked = lambda z: jax.lax.stop_gradient(f(z))  # noqa: E731
+    r = evaluate(
+        masked,
+        x[:32],
+        y[:32],
+        jax.random.key(0),
+        eps=0.3,
+        attacks="standard",
+        batch_size=32,
+        check_examples=32,
+    )
+    names = {flag.name for flag in r.flags}
+    assert "zero_gradients" in names and "black_box_stronger" in names
+    assert r.per_attack["apgd-ce"][0] > 0.5  # the white-box attacks are blind...
+    assert r.robust_accuracy[0] <= 0.05  # ...and the ensemble is not
