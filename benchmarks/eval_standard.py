@@ -56,8 +56,14 @@ def _worker(run_dir: str) -> dict:
     _, state, _ = restore_run(run_dir)
     x, y = load_split("digits", "test")
     report = evaluate(
-        state.logits_fn(), x, y, jax.random.key(0), eps=EPS, attacks="standard",
-        batch_size=len(y), checks=False,
+        state.logits_fn(),
+        x,
+        y,
+        jax.random.key(0),
+        eps=EPS,
+        attacks="standard",
+        batch_size=len(y),
+        checks=False,
     )
     return {
         "end_to_end_seconds": time.perf_counter() - t1,
@@ -92,8 +98,11 @@ def main() -> int:
                 f" exec(open({str(Path(__file__).resolve())!r}).read())"
             )
             out = subprocess.run(
-                [sys.executable, "-c", code, str(run_dir)], env=env, check=True,
-                capture_output=True, text=True,
+                [sys.executable, "-c", code, str(run_dir)],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
             results[label] = json.loads(out.strip().splitlines()[-1])
     import jax
