@@ -1,0 +1,190 @@
+"""The synthetic paper reproductions: `jaxrobust experiment NAME --smoke` end to end (JSON,
+PNGs, the acceptance properties that already hold at smoke size), plus the closed forms
+they rest on, checked against direct computation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrobust.cli import experiments_dir, main
+
+
+def _module(name: str):
+    """Load experiments/NAME.py by path, as `jaxrobust experiment` does."""
+    key = f"test_experiment_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, experiments_dir() / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def _run(name: str, out: Path) -> dict:
+    assert main(["experiment", name, "--smoke", "--out", str(out)]) == 0
+    data = json.loads((out / f"{name}.json").read_text())
+    assert data["smoke"] is True and data["wall_time_s"] > 0
+    return data
+
+
+def _pngs(out: Path, names: list[str]) -> None:
+    for n in names:
+        path = out / f"{n}.png"
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+# ---------------------------------------------------------------- sample complexity
+
+
+def test_sample_complexity_smoke(tmp_path):
+    data = _run("sample_complexity", tmp_path)
+    for key in (
+        "settings",
+        "curves",
+        "n_star",
+        "distribution_check",
+        "pgd_checks",
+        "adversarial_training",
+        "bernoulli",
+        "acceptance",
+    ):
+        assert key in data
+    _pngs(
+        tmp_path,
+        [
+            f"sample_complexity_{n}"
+            for n in ("gaussian", "nstar", "adversarial_training", "bernoulli", "distribution")
+        ],
+    )
+    acc = data["acceptance"]
+    # d = 1e5, σ = 0.5·d^¼, ε = 0.25, n = 1: accurate but not robust.
+    assert acc["d1e5_n1_standard_error"] < 0.01
+    assert acc["d1e5_n1_robust_error"] > 0.90
+    # PGD on held-out samples reproduces the closed form at every evaluated point.
+    assert acc["pgd_points_checked"] > 0 and acc["pgd_matches_closed_form_everywhere"]
+    assert any(r["d"] == 100_000 and r["n"] == 1 for r in data["pgd_checks"])
+    # n* grows with d and ε; the log-log slope in d grows with d.
+    assert acc["n_star_finite_everywhere"]
+    assert acc["n_star_increases_with_d"] and acc["n_star_increases_with_eps"]
+    assert acc["slope_increases_with_d"]
+    # ŵ from actual samples has the exact N(θ*, σ²/n·I) law.
+    for v in data["distribution_check"]:
+        assert abs(v["coord_mean"] - 1) < 0.05 and abs(v["coord_var_over_sigma2_n"] - 1) < 0.1
+        assert v["coord_ks_pvalue"] > 1e-3 and v["robust_error_ks_pvalue"] > 1e-3
+    # Bernoulli: thresholding makes robust error equal standard error (ε < 1); the linear
+    # classifier's robust error is at least its standard error; PGD matches the exact value.
+    b = data["bernoulli"]
+    for k, e in enumerate(b["eps"]):
+        assert e < 1
+        assert b["thresholded"]["robust"][k] == b["thresholded"]["standard"]
+        robust, standard = b["linear"]["robust"][k], b["linear"]["standard"]
+        assert all(r >= s for r, s in zip(robust, standard, strict=True))
+    assert max(b["linear"]["robust"][-1]) > 0.5 and max(b["thresholded"]["robust"][-1]) < 0.05
+    assert all(c["agrees"] for c in b["pgd_checks"])
+    assert all(c["agrees"] for c in data["adversarial_training"]["pgd_checks"])
+
+
+def test_sufficient_statistics_match_direct_computation():
+    sc = _module("sample_complexity")
+    d, r, s = 1000, 3, 2.5
+    key = jax.random.key(0)
+    draws = sc.make_draws(key, d, r)
+    z = jax.random.normal(key, (r, d))  # make_draws' own draws
+    inner, l2, l1 = sc.draw_stats(draws, jnp.float32(s))
+    di, d2, d1 = sc.w_stats(1.0 + s * z)
+    np.testing.assert_allclose(inner, di, rtol=1e-4)
+    np.testing.assert_allclose(l2, d2, rtol=1e-4)
+    np.testing.assert_allclose(l1, d1, rtol=1e-4)
+
+
+def test_closed_form_robust_error_matches_monte_carlo():
+    sc = _module("sample_complexity")
+    d, sigma, eps, m = 50, 1.3, 0.2, 200_000
+    kw, kx, ky = jax.random.split(jax.random.key(1), 3)
+    w = 1.0 + jax.random.normal(kw, (d,))
+    y = jax.random.rademacher(ky, (m,)).astype(jnp.float32)
+    x = y[:, None] + sigma * jax.random.normal(kx, (m, d))
+    margin = y * (x @ w)
+    std, rob = sc.linear_errors(*sc.w_stats(w), eps, sigma)
+    assert abs(float(jnp.mean(margin <= 0)) - float(std)) < 4e-3
+    assert abs(float(jnp.mean(margin - eps * jnp.sum(jnp.abs(w)) <= 0)) - float(rob)) < 4e-3
+
+
+# --------------------------------------------------------------------------- trade-off
+
+
+def test_tradeoff_smoke(tmp_path):
+    data = _run("tradeoff", tmp_path)
+    for key in ("settings", "models", "references", "blend", "accuracy_vs_eps", "acceptance"):
+        assert key in data
+    _pngs(tmp_path, ["tradeoff_bound", "tradeoff_weights", "tradeoff_accuracy_vs_eps"])
+    p, eta = data["settings"]["p"], data["settings"]["eta"]
+    acc = data["acceptance"]
+    assert all(acc.values()), acc
+    std = data["models"][0]
+    assert std["name"] == "standard"
+    assert std["standard_accuracy"] >= 0.99 and std["robust_accuracy"] <= 0.02
+    for r in data["models"][1:]:
+        if r["eps_train"] >= 2 * eta - 1e-6:
+            assert abs(r["standard_accuracy"] - p) <= 0.01
+            assert abs(r["robust_accuracy"] - p) <= 0.01
+            # adversarial training moves weight onto the robust feature x₁
+            assert r["x1_share_of_l1"] > 10 * std["x1_share_of_l1"]
+        assert r["robust_accuracy"] <= r["bound"] + 1e-6
+
+
+def test_tradeoff_closed_form_matches_monte_carlo():
+    to = _module("tradeoff")
+    d, p = 100, 0.9
+    eta = 3 / np.sqrt(d)
+    x, y = to.sample(jax.random.key(2), 200_000, d, p, eta)
+    v = jax.random.normal(jax.random.key(3), (d + 1,)) * 0.2 + jnp.concatenate(
+        [jnp.array([1.0]), jnp.full((d,), 0.3)]
+    )
+    b = jnp.float32(0.4)
+    for eps in (0.0, 2 * eta):
+        z = x @ v + b - y * eps * jnp.sum(jnp.abs(v))
+        mc = float(jnp.mean(z * y > 0))
+        assert abs(mc - float(to.accuracy(v, b, eps, p, eta))) < 4e-3
+    # The theorem's bound holds for the closed form of the Bayes-optimal classifier.
+    bayes = jnp.concatenate([jnp.array([np.log(p / (1 - p))]), jnp.full((d,), 2 * eta)])
+    std_acc = to.accuracy(bayes, 0.0, 0.0, p, eta)
+    assert float(to.accuracy(bayes, 0.0, 2 * eta, p, eta)) <= float(to.bound(std_acc, p))
+
+
+# --------------------------------------------------------------------- robust Gaussian
+
+
+def test_robust_gaussian_smoke(tmp_path):
+    data = _run("robust_gaussian", tmp_path)
+    for key in ("settings", "covariance", "multipliers", "classifiers", "lambda", "acceptance"):
+        assert key in data
+    _pngs(tmp_path, ["robust_gaussian_covariance", "robust_gaussian_accuracy"])
+    acc = data["acceptance"]
+    assert acc["max_relative_error"] <= 0.01  # fitted Σ_r vs the closed form, per eigenvalue
+    assert acc["robust_has_higher_robust_accuracy"]
+    assert acc["robust_has_lower_standard_accuracy"]
+    assert acc["robust_has_higher_cosine"]
+    assert acc["pgd_agrees_with_closed_form"]
+    # λ from the ε budget reproduces ε; robustness only inflates the covariance.
+    assert data["eps_implied_by_lambda"] == pytest.approx(data["settings"]["eps"], rel=1e-3)
+    cov = data["covariance"]
+    assert all(f > s for f, s in zip(cov["fitted"], data["sigma_star"], strict=True))
+
+
+def test_robust_covariance_closed_form_is_the_stationary_point():
+    rg = _module("robust_gaussian")
+    s = jnp.logspace(-2, 0, 16)
+    lam = rg.lambda_for_eps(s, 0.5)
+    c = rg.robust_cov(s, lam)
+    # (c − κ)² = s·c: the derivative of ½ s/(c − κ) + ½ log c vanishes.
+    np.testing.assert_allclose((c - 1 / lam) ** 2, s * c, rtol=1e-4)
+    np.testing.assert_allclose(jnp.sum(1 / c) / lam**2, 0.25, rtol=1e-4)
