@@ -195,3 +195,24 @@ def test_config_file(tmp_path):
         "def get_config():\n    c = smoke_config()\n    c.seed = 7\n    return c\n"
     )
     assert load_config(str(py)).seed == 7
+
+
+def test_pgd_at_attack_loss_reaches_saturated_models(batch):
+    """With logits scaled by 1e4 the CE gradient is exactly zero: a CE adversary never moves
+    off its random start, a margin adversary still finds the worst case."""
+    from jaxrobust import margin
+
+    x, y = batch["image"], batch["label"]
+    state = _state()
+
+    def saturated(z):
+        return state.logits_fn()(z) * 1e4
+
+    ce = pgd(saturated, x, y, jax.random.key(0), threat=linf(EPS), steps=5, keep_best=False)
+    mg = pgd(
+        saturated, x, y, jax.random.key(0), threat=linf(EPS), steps=5, keep_best=False, loss=margin
+    )
+    assert float(jnp.mean(mg.value)) > float(jnp.mean(margin(saturated(ce.x_adv), y)))
+    step = make_train_step(pgd_at(linf(EPS), steps=3, attack_loss=margin))
+    new, metrics = step(_state(), batch)
+    assert np.isfinite(float(metrics["loss"])) and int(new.step) == 1

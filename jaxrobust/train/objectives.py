@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.attacks import fgsm, pgd, worst_of_k
-from jaxrobust.losses import cross_entropy, kl_divergence
+from jaxrobust.losses import Loss, cross_entropy, kl_divergence
 from jaxrobust.optimize import optimize
 from jaxrobust.threat import ThreatModel, spatial
 from jaxrobust.train.state import TrainState
@@ -58,12 +58,33 @@ def _adversarial(make_adv: Callable[[Callable, Array, Array, Array], Array]) -> 
     return objective
 
 
-def pgd_at(threat: ThreatModel, *, steps: int = 10, step_size: Any = None) -> Objective:
-    """Madry et al. (2018): min_θ E max_δ CE, with PGD from a random start (last iterate)."""
+def pgd_at(
+    threat: ThreatModel,
+    *,
+    steps: int = 10,
+    step_size: Any = None,
+    attack_loss: Loss = cross_entropy,
+) -> Objective:
+    """Madry et al. (2018): min_θ E max_δ CE, with PGD from a random start (last iterate).
+
+    `attack_loss` is what the inner PGD maximises (the outer loss is always cross-entropy);
+    `margin` keeps the adversary working on models whose softmax saturates in float32,
+    where the cross-entropy gradient is exactly zero.
+    """
     step_size = jnp.asarray(threat.eps) / 4 if step_size is None else step_size
     return _adversarial(
         lambda f, x, y, k: (
-            pgd(f, x, y, k, threat=threat, steps=steps, step_size=step_size, keep_best=False).x_adv
+            pgd(
+                f,
+                x,
+                y,
+                k,
+                threat=threat,
+                steps=steps,
+                step_size=step_size,
+                loss=attack_loss,
+                keep_best=False,
+            ).x_adv
         )
     )
 
