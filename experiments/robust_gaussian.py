@@ -45,12 +45,11 @@ Writes DIR/robust_gaussian.json and DIR/robust_gaussian_{covariance,accuracy}.pn
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
+import _common as C  # experiments/ is on sys.path (script dir, or added by the CLI)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,21 +57,6 @@ import optax
 from jax.scipy.stats import norm
 
 import jaxrobust as jr
-
-
-def _load_common():
-    """experiments/_common.py by path: `jaxrobust experiment` loads this file by path, with
-    no `experiments` package on sys.path; one shared module object either way."""
-    name = "jaxrobust_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 NAME = "robust_gaussian"
 Array = jax.Array

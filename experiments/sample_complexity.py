@@ -29,13 +29,12 @@ adversarial_training,bernoulli,distribution}.png.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
+import _common as C  # experiments/ is on sys.path (script dir, or added by the CLI)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,21 +43,6 @@ from jax.scipy.stats import norm
 from scipy import stats as sps
 
 import jaxrobust as jr
-
-
-def _load_common():
-    """experiments/_common.py by path: `jaxrobust experiment` loads this file by path, with
-    no `experiments` package on sys.path; one shared module object either way."""
-    name = "jaxrobust_experiments_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-C = _load_common()
 
 NAME = "sample_complexity"
 Array = jax.Array

@@ -157,6 +157,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"unknown experiment {args.name!r}; known: {', '.join(known) or 'none'} (in {folder})"
         )
+    # Experiments share helpers (experiments/_common.py) by plain import, as when run as
+    # scripts: their folder goes on the path.
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
     spec = importlib.util.spec_from_file_location(f"jaxrobust_experiment_{args.name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -20,6 +20,8 @@ from jaxrobust.cli import experiments_dir, main
 def _module(name: str):
     """Load experiments/NAME.py by path, as `jaxrobust experiment` does."""
     key = f"test_experiment_{name}"
+    if str(experiments_dir()) not in sys.path:
+        sys.path.insert(0, str(experiments_dir()))  # for their shared `_common`
     if key not in sys.modules:
         spec = importlib.util.spec_from_file_location(key, experiments_dir() / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
