@@ -62,10 +62,7 @@ def _train_all(out: Path, smoke: bool, shift: float, seed: int) -> dict[str, Pat
 
 def _vote_correct(f, x, y, key, threat, samples: int) -> jax.Array:
     """Majority vote over `samples` random transforms; correct iff the vote is y."""
-    keys = jax.random.split(key, samples)
-    preds = jax.vmap(lambda k: jnp.argmax(f(threat.apply(x, threat.init(k, x))), -1))(keys)
-    counts = jax.vmap(lambda p: jnp.bincount(p, length=10))(preds.T)
-    return jnp.argmax(counts, -1) == y
+    return jnp.argmax(jr.attacks.vote(f, threat, samples=samples)(x, key), -1) == y
 
 
 def evaluate_model(f, x, y, key, threat, *, grid_sizes, first_order_steps, vote_samples):

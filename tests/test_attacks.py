@@ -608,3 +608,28 @@ def test_l1_pgd_moves_free_pixels_when_the_steepest_one_is_saturated():
     )
     np.testing.assert_allclose(float(jnp.abs(result.delta).sum()), 0.6, atol=1e-4)
     assert float(result.delta[0, 0]) == 0.0
+
+
+def test_vote_is_the_majority_over_random_transforms():
+    from jaxrobust.attacks.spatial import vote
+
+    x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
+
+    def f(z):  # class 0 when the image's top half is brighter, else class 1
+        top, bottom = z[:, :4].sum((1, 2, 3)), z[:, 4:].sum((1, 2, 3))
+        return jnp.stack([top - bottom, bottom - top, jnp.zeros_like(top)], -1)
+
+    threat = spatial(30.0, 1.0)
+    voted = vote(f, threat, samples=7)(x, jax.random.key(1))
+    keys = jax.random.split(jax.random.key(1), 7)
+    preds = np.stack(
+        [np.asarray(jnp.argmax(f(threat.apply(x, threat.init(k, x))), -1)) for k in keys]
+    )
+    counts = np.stack([np.bincount(p, minlength=3) for p in preds.T])
+    np.testing.assert_array_equal(np.asarray(jnp.argmax(voted, -1)), counts.argmax(1))
+    np.testing.assert_allclose(np.exp(np.asarray(voted)).sum(1), 1.0, rtol=1e-6)
+    # The soft vote is differentiable (for EOT attacks); the hard one is piecewise constant.
+    soft = jax.grad(lambda z: vote(f, threat, samples=7, soft=True)(z, jax.random.key(1)).sum())
+    assert np.abs(np.asarray(soft(x))).sum() > 0
+    with pytest.raises(InputError, match="spatial threat"):
+        vote(f, linf(0.1))

@@ -13,7 +13,7 @@ from jaxrobust.attacks.evaluate import (
 )
 from jaxrobust.attacks.fab import fab, fab_targeted, projection_l2, projection_linf
 from jaxrobust.attacks.pgd import classifier_objective, default_step_size, fgsm, pgd
-from jaxrobust.attacks.spatial import grid, transform_grid, worst_of_k
+from jaxrobust.attacks.spatial import grid, transform_grid, vote, worst_of_k
 from jaxrobust.attacks.square import SquareResult, square
 
 __all__ = [
@@ -42,5 +42,6 @@ __all__ = [
     "query_limited_attack",
     "square",
     "transform_grid",
+    "vote",
     "worst_of_k",
 ]

@@ -86,3 +86,36 @@ def worst_of_k(
         has_aux=True,
     )
     return check_result(result)
+
+
+def vote(
+    logits_fn: LogitsFn,
+    threat: ThreatModel | None = None,
+    *,
+    samples: int = 10,
+    soft: bool = False,
+):
+    """The voting defense of Engstrom et al. (2019) as a randomised model `f(x, key)`.
+
+    Hard (default): the majority over `samples` uniformly random transforms of the input;
+    returns log vote frequencies (B, C) (log 0 = −inf for classes without votes), so argmax
+    is the majority with ties to the lowest class. Its gradient is zero almost everywhere:
+    attack it with gradient-free or grid attacks. Soft: the mean log-softmax over the
+    transforms, differentiable, for EOT gradient attacks (`evaluate` detects the key argument).
+    """
+    threat = spatial() if threat is None else threat
+    if threat.name != "spatial":
+        raise InputError(f"vote needs a spatial threat model, got {threat.name!r}")
+    if samples < 1:
+        raise InputError(f"vote needs samples >= 1, got {samples}")
+
+    def voted(x: Array, key: Array) -> Array:
+        keys = jax.random.split(key, samples)
+        logits = jax.vmap(lambda k: logits_fn(threat.apply(x, threat.init(k, x))))(keys)
+        if soft:
+            return jnp.mean(jax.nn.log_softmax(logits), axis=0)
+        num_classes = logits.shape[-1]
+        counts = jnp.sum(jax.nn.one_hot(jnp.argmax(logits, -1), num_classes), axis=0)
+        return jnp.log(counts / samples)
+
+    return voted
