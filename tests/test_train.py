@@ -42,6 +42,20 @@ def _state(model=None, lr=1e-2):
     return TrainState.create(model, optax.adam(lr), jax.random.key(0), (8, 8, 1))
 
 
+def _pgd_at_adversary(state, x, y):
+    """What `pgd_at(linf(EPS), steps=3)` trains on at the state's current step."""
+    return pgd(
+        state.logits_fn(),
+        x,
+        y,
+        state.step_key(),
+        threat=linf(EPS),
+        steps=3,
+        step_size=EPS / 4,
+        keep_best=False,
+    ).x_adv
+
+
 OBJECTIVES = {
     "standard": standard(),
     "pgd_at": pgd_at(linf(EPS), steps=3),
@@ -78,16 +92,7 @@ def test_pgd_at_trains_on_pgd_examples(batch):
     """The gradient step equals the CE gradient at PGD's last iterate from the step key."""
     state = _state()
     x, y = batch["image"], batch["label"]
-    x_adv = pgd(
-        state.logits_fn(),
-        x,
-        y,
-        state.step_key(),
-        threat=linf(EPS),
-        steps=3,
-        step_size=EPS / 4,
-        keep_best=False,
-    ).x_adv
+    x_adv = _pgd_at_adversary(state, x, y)
 
     def loss(p):
         return optax.softmax_cross_entropy_with_integer_labels(
@@ -113,16 +118,7 @@ def test_batchnorm_stats_come_from_the_training_pass_only(batch):
     exactly one momentum update from the training-mode pass on x_adv."""
     state = _state(_BNNet())
     x, y = batch["image"], batch["label"]
-    x_adv = pgd(
-        state.logits_fn(),
-        x,
-        y,
-        state.step_key(),
-        threat=linf(EPS),
-        steps=3,
-        step_size=EPS / 4,
-        keep_best=False,
-    ).x_adv
+    x_adv = _pgd_at_adversary(state, x, y)
     _, expected = state.train_forward(state.params, x_adv)
     new, _ = make_train_step(pgd_at(linf(EPS), steps=3))(_state(_BNNet()), batch)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(new.batch_stats), strict=True):

@@ -23,6 +23,19 @@ def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
+def _shortcut(features: int, stride: int) -> nn.Conv:
+    """The 1×1 projection shortcut of a pre-activation block (applied to its activated input)."""
+    return nn.Conv(
+        features,
+        (1, 1),
+        strides=(stride, stride),
+        padding="VALID",
+        use_bias=False,
+        kernel_init=conv_init,
+        name="shortcut",
+    )
+
+
 def _conv3x3(features: int, stride: int, name: str) -> nn.Conv:
     # Explicit symmetric padding 1 (not 'SAME') matches PyTorch's alignment at stride 2.
     return nn.Conv(
@@ -47,15 +60,7 @@ class PreActBlock(nn.Module):
         out = nn.relu(_batch_norm(train, "bn1")(x))
         if self.stride != 1 or x.shape[-1] != self.features:
             # The projection sees the pre-activated input, as in the reference code.
-            shortcut = nn.Conv(
-                self.features,
-                (1, 1),
-                strides=(self.stride, self.stride),
-                padding="VALID",
-                use_bias=False,
-                kernel_init=conv_init,
-                name="shortcut",
-            )(out)
+            shortcut = _shortcut(self.features, self.stride)(out)
         else:
             shortcut = x
         out = _conv3x3(self.features, self.stride, "conv1")(out)

@@ -14,7 +14,7 @@ from jax import Array
 
 from jaxrobust.errors import ConfigError
 from jaxrobust.models.layers import Stat, normalize
-from jaxrobust.models.preact_resnet import _batch_norm, _conv3x3, conv_init
+from jaxrobust.models.preact_resnet import _batch_norm, _conv3x3, _shortcut
 
 
 class WideBlock(nn.Module):
@@ -33,15 +33,7 @@ class WideBlock(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         act = nn.relu(_batch_norm(train, "bn1")(x))
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = nn.Conv(
-                self.features,
-                (1, 1),
-                strides=(self.stride, self.stride),
-                padding="VALID",
-                use_bias=False,
-                kernel_init=conv_init,
-                name="shortcut",
-            )(act)
+            shortcut = _shortcut(self.features, self.stride)(act)
         else:
             shortcut = x
         out = _conv3x3(self.features, self.stride, "conv1")(act)
