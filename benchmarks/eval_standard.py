@@ -1,12 +1,16 @@
-"""Time the `standard` evaluation (APGD-CE → APGD-T → FAB-T → Square) of the digits test set.
+"""Time the `standard` evaluation (APGD-CE → APGD-T → FAB-T → Square) of the digits test set,
+beside the reference PyTorch AutoAttack on the same weights.
 
 A fixed model (a 3-layer MLP 64-256-256-10, standard training, seed 0) and the 360 test
-images at ℓ∞ ε = 0.1. Each measurement runs in a fresh process: "cold" with an empty JAX
-persistent compilation cache, "warm" with the cache the cold run filled. Reports end-to-end
-seconds (process work after imports: data, model restore, evaluation incl. compilation),
-compilation seconds and attack seconds without compilation, and writes them to JSON.
+images at ℓ∞ ε = 0.1. Each measurement runs in a fresh process: jaxrobust "cold" with an
+empty JAX persistent compilation cache, "warm" with the cache the cold run filled, and
+(when installed: `bash benchmarks/install_peers.sh`) the reference AutoAttack
+(`pyautoattack`, version="standard", batch of 360) on a PyTorch copy of the same weights.
+Reports end-to-end seconds (process work after imports: data, model restore, evaluation
+incl. compilation), compilation seconds and attack seconds without compilation, the robust
+accuracies, the speed-up over the reference, and writes them to JSON.
 
-    python benchmarks/eval_standard.py [--out benchmarks/results/eval_standard.json]
+    python benchmarks/eval_standard.py [--out benchmarks/results/DATE-eval_standard.json]
 """
 
 from __future__ import annotations
@@ -77,13 +81,63 @@ def _worker(run_dir: str) -> dict:
     }
 
 
+def _torch_worker(run_dir: str) -> dict:
+    """The reference AutoAttack (PyTorch) on the same weights, images and ε."""
+    t0 = time.perf_counter()
+    import numpy as np
+    import torch
+    from pyautoattack import AutoAttack
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _torch_peers
+
+    from jaxrobust.data import load_split
+    from jaxrobust.train.loop import restore_run
+
+    t_import = time.perf_counter() - t0
+    torch.set_num_threads(os.cpu_count() or 1)
+    t1 = time.perf_counter()
+    run, state, _ = restore_run(run_dir)
+    model = _torch_peers.mlp(state.params, run.model.mean, run.model.std)
+    x, y = load_split("digits", "test")
+    xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)).long()
+    adversary = AutoAttack(model, norm="Linf", eps=EPS, version="standard", seed=0)
+    adversary.verbose = False
+    x_adv = adversary.run_standard_evaluation(xt, yt, batch_size=len(yt))
+    x_adv = x_adv[0] if isinstance(x_adv, tuple) else x_adv
+    seconds = time.perf_counter() - t1
+    with torch.no_grad():
+        clean = (model(xt).argmax(1) == yt).float().mean().item()
+        robust = (model(x_adv).argmax(1) == yt).float().mean().item()
+    return {
+        "end_to_end_seconds": seconds,
+        "import_seconds": t_import,
+        "clean_accuracy": clean,
+        "robust_accuracy": robust,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _peers_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("torch", "pyautoattack"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="benchmarks/results/eval_standard.json")
+    parser.add_argument(
+        "--out", default=f"benchmarks/results/{time.strftime('%Y-%m-%d')}-eval_standard.json"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(_worker(args.worker)))
+        return 0
+    if args.torch_worker:
+        print(json.dumps(_torch_worker(args.torch_worker)))
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,6 +159,20 @@ def main() -> int:
                 text=True,
             ).stdout
             results[label] = json.loads(out.strip().splitlines()[-1])
+        if _peers_installed():
+            out = subprocess.run(
+                [sys.executable, __file__, "--torch-worker", str(run_dir)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            results["pytorch_autoattack"] = json.loads(out.strip().splitlines()[-1])
+            ref = results["pytorch_autoattack"]["end_to_end_seconds"]
+            results["speedup_vs_pytorch_autoattack"] = {
+                label: ref / results[label]["end_to_end_seconds"] for label in ("cold", "warm")
+            }
+        else:
+            print("PyTorch peers not installed (bash benchmarks/install_peers.sh): JAX only")
     import jax
 
     payload = {
@@ -126,6 +194,14 @@ def main() -> int:
             f"{label}: {r['end_to_end_seconds']:.1f} s end to end "
             f"({r['compile_seconds']:.1f} s compiling, {r['attack_seconds']:.1f} s attacking); "
             f"robust accuracy {r['robust_accuracy']:.4f}"
+        )
+    if "pytorch_autoattack" in results:
+        r = results["pytorch_autoattack"]
+        speed = results["speedup_vs_pytorch_autoattack"]
+        print(
+            f"reference PyTorch AutoAttack: {r['end_to_end_seconds']:.1f} s end to end; "
+            f"robust accuracy {r['robust_accuracy']:.4f}; jaxrobust is {speed['warm']:.1f}x "
+            f"faster warm, {speed['cold']:.1f}x cold"
         )
     print(f"written to {args.out}")
     return 0

@@ -1,5 +1,6 @@
-"""Run a few sharded training steps and a sharded PGD attack on however many devices this
-process sees; save the results to the .npz path given as argv[1]. Used by test_parallel."""
+"""Run a few sharded training steps, a sharded PGD attack and a sharded `evaluate` cascade
+on however many devices this process sees; save the results to the .npz path given as
+argv[1]. Used by test_parallel."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import optax
 
 from jaxrobust import linf, pgd
+from jaxrobust.attacks.evaluate import evaluate
 from jaxrobust.data import load_split
 from jaxrobust.models import MLP
 from jaxrobust.parallel import data_mesh, replicate, shard_batch
@@ -32,8 +34,27 @@ def main(path: str) -> None:
         lambda xx, yy: pgd(state.logits_fn(), xx, yy, jax.random.key(1), threat=linf(0.1), steps=5)
     )
     result = attack(sharded["x"], sharded["y"])
+    # The cascade shards its batches (64 = 8 per device) over the same mesh.
+    report = evaluate(
+        state.logits_fn(),
+        x,
+        y,
+        jax.random.key(2),
+        eps=(0.05, 0.1),
+        attacks=("apgd-ce", "apgd-t", "square"),
+        batch_size=64,
+        checks=False,
+    )
     leaves = {f"p{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(state.params))}
-    np.savez(path, devices=len(jax.devices()), x_adv=np.asarray(result.x_adv), **leaves)
+    np.savez(
+        path,
+        devices=len(jax.devices()),
+        x_adv=np.asarray(result.x_adv),
+        eval_robust=np.asarray(report.robust_accuracy),
+        eval_per_attack=np.asarray([report.per_attack[a] for a in report.attacks]),
+        eval_x_adv=report.x_adv,
+        **leaves,
+    )
 
 
 if __name__ == "__main__":

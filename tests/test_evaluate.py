@@ -159,6 +159,50 @@ def test_randomised_model_is_attacked_with_eot_and_flagged(model_and_data):
     assert "randomised_model" in _flag_names(r)
 
 
+def test_spatial_vote_is_attacked_with_eot(model_and_data):
+    """The voting defense is a randomised model: `evaluate` attacks it through EOT. The soft
+    vote is differentiable, so the EOT gradient attack breaks it."""
+    from jaxrobust.attacks.spatial import vote
+    from jaxrobust.threat import spatial
+
+    f, x, y = model_and_data
+    x, y = x[:32], y[:32]
+    soft = evaluate(
+        vote(f, spatial(max_angle=10.0, max_dx=1.0), samples=3, soft=True),
+        x,
+        y,
+        jax.random.key(0),
+        eps=0.2,
+        attacks=("pgd-10",),
+        batch_size=32,
+        checks=False,
+        eot_samples=2,
+    )
+    assert "randomised_model" in _flag_names(soft)
+    assert soft.robust_accuracy[0] < 0.5 * soft.clean_accuracy
+
+
+@pytest.mark.slow
+def test_hard_spatial_vote_is_flagged_as_gradient_masking(model_and_data):
+    """The hard (majority) vote is piecewise constant: zero EOT gradients, flagged."""
+    from jaxrobust.attacks.spatial import vote
+    from jaxrobust.threat import spatial
+
+    f, x, y = model_and_data
+    hard = evaluate(
+        vote(f, spatial(max_angle=10.0, max_dx=1.0), samples=3),
+        x[:32],
+        y[:32],
+        jax.random.key(0),
+        eps=0.2,
+        attacks=("fgsm",),
+        batch_size=32,
+        check_examples=32,
+        eot_samples=2,
+    )
+    assert {"randomised_model", "zero_gradients"} <= _flag_names(hard)
+
+
 def test_softmax_outputs_are_flagged(model_and_data):
     f, x, y = model_and_data
     r = evaluate(

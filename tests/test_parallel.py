@@ -1,4 +1,5 @@
-"""One device and eight (simulated CPU) devices give the same training and attack results."""
+"""One device and eight (simulated CPU) devices give the same training, attack and
+evaluation results."""
 
 from __future__ import annotations
 
@@ -30,3 +31,9 @@ def test_one_device_equals_eight(tmp_path):
         # The all-reduce sums gradients in another order: equal up to float rounding.
         np.testing.assert_allclose(one[k], eight[k], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(one["x_adv"], eight["x_adv"], atol=1e-4)
+    # evaluate: same cascade, same per-attack robust accuracies, same adversarial inputs.
+    assert 0.0 < one["eval_robust"][0] < 1.0
+    np.testing.assert_array_equal(one["eval_robust"], eight["eval_robust"])
+    np.testing.assert_array_equal(one["eval_per_attack"], eight["eval_per_attack"])
+    # (gradients all-reduced in another order: a rare pixel differs by ~1e-4)
+    np.testing.assert_allclose(one["eval_x_adv"], eight["eval_x_adv"], atol=1e-3)

@@ -2,9 +2,10 @@
 
 A cascade of attacks (AutoAttack's `standard` suite by default: APGD-CE → APGD-T → FAB-T →
 Square) runs on the points every previous attack failed to break; the robust accuracy is
-the per-example worst case over the suite. Batches have one fixed, padded shape, so the
-shrinking set of unbroken points never triggers a recompilation; ε is a traced argument,
-so an ε sweep reuses one compiled program per attack. Sanity checks after the cascade
+the per-example worst case over the suite. Batches are padded to a few fixed shapes
+(multiples of batch_size / 8), so each stage runs on a batch about the size of the set of
+still-unbroken points while an attack compiles at most 8 programs; ε is a traced argument,
+so an ε sweep reuses them. Sanity checks after the cascade
 report the classic signs of an unreliable evaluation (Carlini et al. 2019; Athalye et
 al. 2018) as flags with explanations.
 """
@@ -155,11 +156,22 @@ class EvalReport:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _chunks(indices: np.ndarray, batch_size: int):
-    """Fixed-size chunks of `indices`, the last padded by repeating its first index."""
-    for start in range(0, len(indices), batch_size):
-        part = indices[start : start + batch_size]
-        pad = batch_size - len(part)
+def _chunks(indices: np.ndarray, batch_size: int, granule: int = 1):
+    """Equal chunks of `indices`, each padded (by repeating its first index) to one size.
+
+    The size is the smallest multiple of `granule` (capped at `batch_size`) that splits
+    the indices into ceil(len / batch_size) chunks: a cascade stage with 194 examples left
+    runs on batches of 225, not 360, and every chunk of a stage shares one compiled shape.
+    With granule = batch_size / 8 an attack meets at most 8 shapes, so compilation stays
+    bounded (and each shape is cached across runs).
+    """
+    if len(indices) == 0:
+        return
+    per_chunk = -(-len(indices) // -(-len(indices) // batch_size))  # ceil(len / #chunks)
+    size = min(-(-per_chunk // granule) * granule, batch_size)
+    for start in range(0, len(indices), size):
+        part = indices[start : start + size]
+        pad = size - len(part)
         yield np.concatenate([part, np.full(pad, part[0])]), len(part)
 
 
@@ -272,10 +284,14 @@ def evaluate(
 
     mesh = data_mesh() if batch_size % jax.device_count() == 0 else None
     place = (lambda t: shard_batch(t, mesh)) if mesh is not None else (lambda t: t)
+    # Cascade stages shrink: chunk sizes are multiples of `granule` (divisible by the
+    # device count when sharded), so later attacks run on smaller compiled batches.
+    devices = jax.device_count() if mesh is not None else 1
+    granule = min(-(-max(batch_size // 8, 1) // devices) * devices, batch_size)
     logits_jit = jax.jit(model)
 
     clean = np.zeros(n, bool)
-    for idx, count in _chunks(np.arange(n), batch_size):
+    for idx, count in _chunks(np.arange(n), batch_size, granule):
         z = logits_jit(place(jnp.asarray(x[idx])))
         if not bool(jnp.all(jnp.isfinite(z))):
             raise InputError("the model returned non-finite logits (NaN or inf)")
@@ -285,9 +301,11 @@ def evaluate(
     compile_seconds = 0.0
 
     def attack_fn(name: str, fn: AttackFn, args: tuple) -> Callable:
-        """Compile once per attack (ahead of time, so timings separate compilation)."""
+        """Compile once per attack and batch shape (ahead of time, so timings separate
+        compilation)."""
         nonlocal compile_seconds
-        if name not in compiled:
+        cache_key = f"{name}/{args[0].shape[0]}"
+        if cache_key not in compiled:
 
             def run(xb, yb, k, e):
                 t = get_threat(threat, e, lo=lo, hi=hi)
@@ -295,9 +313,9 @@ def evaluate(
                 return r.x_adv, jnp.argmax(model(r.x_adv), -1) != yb
 
             t0 = time.perf_counter()
-            compiled[name] = jax.jit(run).lower(*args).compile()
+            compiled[cache_key] = jax.jit(run).lower(*args).compile()
             compile_seconds += time.perf_counter() - t0
-        return compiled[name]
+        return compiled[cache_key]
 
     state = _load_state(state_file, eps_list, [name for name, _ in suite], n)
     robust_by_eps: dict[str, list[bool]] = state["robust"]
@@ -314,7 +332,7 @@ def evaluate(
                 per_attack[name].append(state["per_attack"][name][ei])
                 continue
             t0 = time.perf_counter()
-            for idx, count in _chunks(np.flatnonzero(robust), batch_size):
+            for idx, count in _chunks(np.flatnonzero(robust), batch_size, granule):
                 k = jax.random.fold_in(jax.random.fold_in(key, ei), int(idx[0]))
                 args = (place(jnp.asarray(x[idx])), place(jnp.asarray(y[idx])), k, jnp.float32(e))
                 c0 = compile_seconds

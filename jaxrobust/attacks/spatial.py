@@ -98,10 +98,11 @@ def vote(
     """The voting defense of Engstrom et al. (2019) as a randomised model `f(x, key)`.
 
     Hard (default): the majority over `samples` uniformly random transforms of the input;
-    returns log vote frequencies (B, C) (log 0 = −inf for classes without votes), so argmax
-    is the majority with ties to the lowest class. Its gradient is zero almost everywhere:
-    attack it with gradient-free or grid attacks. Soft: the mean log-softmax over the
-    transforms, differentiable, for EOT gradient attacks (`evaluate` detects the key argument).
+    returns log vote frequencies (B, C) (a class without votes gets log 1e-9, finite, so
+    `evaluate` accepts the output), so argmax is the majority with ties to the lowest class.
+    Its gradient is zero almost everywhere: attack it with gradient-free or grid attacks
+    (`evaluate` flags the zero gradients). Soft: the mean log-softmax over the transforms,
+    differentiable, for EOT gradient attacks (`evaluate` detects the key argument).
     """
     threat = spatial() if threat is None else threat
     if threat.name != "spatial":
@@ -116,6 +117,6 @@ def vote(
             return jnp.mean(jax.nn.log_softmax(logits), axis=0)
         num_classes = logits.shape[-1]
         counts = jnp.sum(jax.nn.one_hot(jnp.argmax(logits, -1), num_classes), axis=0)
-        return jnp.log(counts / samples)
+        return jnp.log(jnp.maximum(counts, 1e-9) / samples)
 
     return voted

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The PyTorch peers the benchmarks compare against (benchmark-only; never a dependency of
+# jaxrobust): CPU-only PyTorch, torchattacks and the reference AutoAttack (pyautoattack).
+# torchattacks' declared torchvision/requests pins are not needed for the attacks we run,
+# so it is installed without dependencies (torchvision would pull a CUDA build of torch).
+set -euo pipefail
+python -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+python -m pip install --no-deps "torchattacks==3.5.1" "pyautoattack==0.2.0"
+python -m pip install scipy tqdm
