@@ -100,6 +100,68 @@ def madry_cnn(params: dict, mean: Any = 0.0, std: Any = 1.0) -> nn.Module:
     return nn.Sequential(Normalize(mean, std), FromNHWC(net)).eval()
 
 
+def batch_norm(params: dict, stats: dict) -> nn.BatchNorm2d:
+    """A Flax BatchNorm (scale, bias; running mean, var; eps 1e-5, decay 0.9) as BatchNorm2d."""
+    layer = nn.BatchNorm2d(len(np.asarray(params["scale"])), eps=1e-5, momentum=0.1)
+    with torch.no_grad():
+        layer.weight.copy_(_t(params["scale"]))
+        layer.bias.copy_(_t(params["bias"]))
+        layer.running_mean.copy_(_t(stats["mean"]))
+        layer.running_var.copy_(_t(stats["var"]))
+    return layer
+
+
+class PreActBlock(nn.Module):
+    """`jaxrobust.models.preact_resnet.PreActBlock` in PyTorch (NCHW)."""
+
+    def __init__(self, params: dict, stats: dict, stride: int):
+        super().__init__()
+        self.bn1 = batch_norm(params["bn1"], stats["bn1"])
+        self.conv1 = conv(params["conv1"], padding=1, stride=stride)
+        self.bn2 = batch_norm(params["bn2"], stats["bn2"])
+        self.conv2 = conv(params["conv2"], padding=1)
+        self.shortcut = (
+            conv(params["shortcut"], padding=0, stride=stride) if "shortcut" in params else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    """`jaxrobust.models.PreActResNet` (any widths and block counts) in PyTorch (NCHW)."""
+
+    def __init__(self, params: dict, stats: dict):
+        super().__init__()
+        self.conv1 = conv(params["conv1"], padding=1)
+        names = sorted(
+            (k for k in params if k.startswith("layer")),
+            key=lambda k: tuple(int(v) for v in k[5:].split("_")),
+        )
+        blocks = []
+        for k in names:
+            stage, index = (int(v) for v in k[5:].split("_"))
+            stride = 2 if stage > 1 and index == 0 else 1
+            blocks.append(PreActBlock(params[k], stats[k], stride))
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = batch_norm(params["bn"], stats["bn"])
+        self.linear = dense(params["linear"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.conv1(x))
+        h = torch.relu(self.bn(h)).mean(dim=(2, 3))
+        return self.linear(h)
+
+
+def preact_resnet(params: dict, batch_stats: dict, mean: Any = 0.0, std: Any = 1.0) -> nn.Module:
+    """`jaxrobust.models.PreActResNet18` with the same weights and BatchNorm statistics."""
+    return nn.Sequential(Normalize(mean, std), FromNHWC(PreActResNet(params, batch_stats))).eval()
+
+
 def pgd_linf(
     model: nn.Module,
     x: torch.Tensor,
