@@ -20,6 +20,7 @@ import ml_collections
 from jaxrobust.errors import ConfigError
 
 OBJECTIVES = ("standard", "pgd_at", "fast_at", "trades", "spatial_worst_of_k", "spatial_random")
+EARLY_STOPPING_METRICS = ("validation_robust_accuracy", "validation_clean_accuracy")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -69,12 +70,27 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.every_epochs = 5  # during training: clean and PGD accuracy on the test set
     c.eval.during_steps = 10
     c.eval.during_examples = 0  # 0 = the whole test split
+    c.eval.during_train_examples = 0  # > 0: also evaluate the first N training records
     c.eval.batch_size = 512
     c.eval.co_check = True  # fast_at: PGD check for catastrophic overfitting each epoch
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.keep = 3
     c.checkpoint.every_steps = 0  # 0 = at the end of every epoch
+
+    # A validation set held out from the training split (Rice et al. 2020): the last
+    # `examples` training records, never trained on, evaluated clean and under the
+    # during-training PGD (eval.during_steps) every eval.every_epochs epochs.
+    c.validation = ml_collections.ConfigDict()
+    c.validation.examples = 0  # 0 = no validation set: train on the whole training split
+
+    # Early stopping on the validation set (needs validation.examples > 0): the evaluated
+    # epoch with the best `metric` (the first one, on ties) is the model that the final
+    # evaluation and `--best` use; the last epoch's numbers are reported beside it.
+    c.early_stopping = ml_collections.ConfigDict()
+    c.early_stopping.enabled = False
+    c.early_stopping.metric = "validation_robust_accuracy"  # | validation_clean_accuracy
+    c.early_stopping.patience = 0  # stop after this many epochs without improvement; 0 = never
     return c
 
 
@@ -235,4 +251,19 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"unknown schedule {cfg.optimizer.schedule!r}; "
             "known: constant, piecewise, cosine, cyclic"
+        )
+    for key in ("validation.examples", "early_stopping.patience", "eval.during_train_examples"):
+        section, leaf = key.split(".")
+        if cfg[section][leaf] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {cfg[section][leaf]}")
+    es = cfg.early_stopping
+    if es.metric not in EARLY_STOPPING_METRICS:
+        raise ConfigError(
+            f"unknown early_stopping.metric {es.metric!r}; known: "
+            f"{', '.join(EARLY_STOPPING_METRICS)}"
+        )
+    if es.enabled and cfg.validation.examples == 0:
+        raise ConfigError(
+            "early_stopping.enabled needs a validation set: set validation.examples > 0 "
+            "(the last N training records are then held out)"
         )

@@ -139,6 +139,9 @@ class ShardSampler:
     each record's augmentation generator is Philox keyed by `seed + global index`
     (grain's convention), so shards never share a random stream. `with_rng=False` skips
     that generator when no random transform needs it.
+
+    `offset` shifts the sampled records to `offset .. offset + num_records - 1` of the
+    source (a contiguous sub-range, e.g. a training split without its held-out tail).
     """
 
     def __init__(
@@ -150,8 +153,12 @@ class ShardSampler:
         num_epochs: int | None,
         seed: int,
         with_rng: bool = True,
+        offset: int = 0,
     ) -> None:
+        if offset < 0:
+            raise ConfigError(f"offset must be >= 0, got {offset}")
         self._num_records = num_records
+        self._offset = offset
         self._with_rng = with_rng
         self._shard = shard_options
         self._shuffle = shuffle
@@ -168,7 +175,7 @@ class ShardSampler:
                 f"{num_records} records are too few for {shard_options.shard_count} shards"
             )
         # MapDataset indexing past the end wraps into the next epoch (reshuffled).
-        keys = grain.MapDataset.range(records.start, records.stop)
+        keys = grain.MapDataset.range(offset + records.start, offset + records.stop)
         self._keys = keys.shuffle(seed=seed) if shuffle else keys
         self._positions = None if num_epochs is None else len(records) * num_epochs
 
@@ -188,12 +195,41 @@ class ShardSampler:
         return grain.RecordMetadata(index=index, record_key=int(self._keys[position]), rng=rng)
 
     def __repr__(self) -> str:
-        # grain stores this repr in the iterator state and checks it on restore.
+        # grain stores this repr in the iterator state and checks it on restore. `offset`
+        # appears only when set, so states saved before it existed still restore.
+        offset = f", offset={self._offset}" if self._offset else ""
         return (
             f"ShardSampler(num_records={self._num_records}, shard_options={self._shard!r}, "
             f"shuffle={self._shuffle}, num_epochs={self._num_epochs}, seed={self._seed}, "
-            f"with_rng={self._with_rng})"
+            f"with_rng={self._with_rng}{offset})"
         )
+
+
+def check_records(records: range | None, num_records: int, what: str = "the split") -> range:
+    """Validate a record range against a source of `num_records` records.
+
+    Args:
+      records: a `range` with step 1 inside `[0, num_records)`, or None for all records.
+      num_records: the source's length.
+      what: named in the error message.
+
+    Returns:
+      The range (`range(num_records)` for None).
+
+    Raises:
+      ConfigError: not a range, a step other than 1, empty, or out of bounds.
+    """
+    if records is None:
+        return range(num_records)
+    if not isinstance(records, range):
+        raise ConfigError(f"records must be a range or None, got {records!r}")
+    if records.step != 1 or len(records) == 0:
+        raise ConfigError(f"records must be a non-empty range with step 1, got {records!r}")
+    if records.start < 0 or records.stop > num_records:
+        raise ConfigError(
+            f"records {records!r} are out of bounds: {what} has {num_records} records"
+        )
+    return records
 
 
 def _default_read_options() -> grain.ReadOptions:
@@ -216,6 +252,7 @@ def make_loader(
     shard_index: int = 0,
     shard_count: int = 1,
     read_options: grain.ReadOptions | None = None,
+    records: range | None = None,
 ) -> grain.DataLoader:
     """A batching `grain.DataLoader` over split `split` of dataset `name`.
 
@@ -237,13 +274,16 @@ def make_loader(
       read_options: grain's record-reading threads and prefetch buffer; the default
         (up to 4 threads, 128 records ahead) is ~3x faster per record than grain's own
         default (16 threads, 500 records) on a small machine. Order never depends on it.
+      records: a contiguous range of record indices (step 1) to draw from, e.g.
+        `range(0, n - 100)` to hold the last 100 records out for validation; None means
+        the whole split. Shuffling, sharding and resume work within the range.
 
     Returns:
       A loader whose iterator yields `{"image": float32 (B, H, W, C) in [0, 1],
       "label": int32 (B,)}` and supports `get_state`/`set_state` (see `loader_state`).
 
     Raises:
-      ConfigError: invalid batch size, seed, epochs or shard options.
+      ConfigError: invalid batch size, seed, epochs, shard options or record range.
       DatasetError: unknown or unavailable dataset or split.
     """
     if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
@@ -262,14 +302,16 @@ def make_loader(
     shard_options = grain.sharding.ShardOptions(
         shard_index=shard_index, shard_count=shard_count, drop_remainder=drop_remainder
     )
+    selected = check_records(records, len(source), f"{name}/{split}")
     do_augment = info.augment if augment is None else augment
     sampler = ShardSampler(
-        len(source),
+        len(selected),
         shard_options,
         shuffle=shuffle,
         num_epochs=num_epochs,
         seed=int(seed),
         with_rng=bool(do_augment),
+        offset=selected.start,
     )
     operations: list[Any] = [ToArrays()]
     if do_augment:
@@ -324,26 +366,34 @@ def load_split(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     limit: int | None = None,
+    records: range | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A whole split in memory, in record order (for evaluation).
 
     Args:
       name, split: dataset and split.
       data_dir: where prepared data lives (default: `default_data_dir()`).
-      limit: keep only the first `limit` records.
+      limit: keep only the first `limit` records (of `records`, when given).
+      records: a contiguous range of record indices (step 1), e.g. the held-out tail
+        `range(n - 100, n)` of a training split; None means the whole split.
 
     Returns:
       `(x, y)`: x float32 (N, H, W, C) in [0, 1], y int32 (N,).
+
+    Raises:
+      ConfigError: `records` is not a non-empty step-1 range inside the split.
     """
     info = get_info(name)
     source = data_source(name, split, data_dir)
-    n = len(source) if limit is None else max(0, min(int(limit), len(source)))
+    selected = check_records(records, len(source), f"{name}/{split}")
+    n = len(selected) if limit is None else max(0, min(int(limit), len(selected)))
     x = np.empty((n, *info.image_shape), dtype=np.float32)
     y = np.empty((n,), dtype=np.int32)
     chunk = 1024  # Batched reads: one array_record call per chunk instead of per record.
     for start in range(0, n, chunk):
-        keys = list(range(start, min(start + chunk, n)))
-        for i, record in zip(keys, source.__getitems__(keys), strict=True):
+        rows = range(start, min(start + chunk, n))
+        keys = [selected.start + i for i in rows]
+        for i, record in zip(rows, source.__getitems__(keys), strict=True):
             ex = to_arrays(record)
             x[i] = ex["image"]
             y[i] = ex["label"]

@@ -1,9 +1,17 @@
 """The training job: data → model → objective → jitted steps → checkpoints → report.
 
 `train(cfg, out_dir)` is what `jaxrobust train` runs. It checkpoints the full state (model,
-optimizer, step, PRNG key, data-iterator position, history) so that a run killed at any
-moment and started again with the same command continues to the same final parameters
-as an uninterrupted run.
+optimizer, step, PRNG key, data-iterator position, history, early-stopping state) so that
+a run killed at any moment and started again with the same command continues to the same
+final parameters as an uninterrupted run.
+
+Model selection (Rice, Wong & Kolter 2020, "Overfitting in adversarially robust deep
+learning"): with `validation.examples = N > 0` the last N training records are held out
+(never trained on) and evaluated, clean and under the during-training PGD, at every
+evaluated epoch. With `early_stopping.enabled` the evaluated epoch with the best
+`early_stopping.metric` is the model of the final evaluation (metrics.json), the last
+epoch's numbers are reported beside it, and with `early_stopping.patience = P > 0`
+training stops once P epochs have passed without an improvement.
 """
 
 from __future__ import annotations
@@ -100,11 +108,22 @@ class _Run:
         self.cfg = cfg
         self.info = get_info(cfg.dataset)
         self.data_dir = cfg.data_dir or None
-        self.num_train = len(data_source(cfg.dataset, "train", self.data_dir))
+        num_records = len(data_source(cfg.dataset, "train", self.data_dir))
+        num_validation = cfg.validation.examples
+        if num_validation >= num_records:
+            raise ConfigError(
+                f"validation.examples={num_validation} leaves no training examples: the "
+                f"{cfg.dataset} training split has {num_records} records"
+            )
+        # Training records first, the held-out validation records are the split's tail.
+        self.num_train = num_records - num_validation
+        self.train_records = range(self.num_train)
+        self.validation_records = range(self.num_train, num_records)
         self.steps_per_epoch = self.num_train // batch_size
         if self.steps_per_epoch < 1:
+            held_out = f" ({num_validation} held out for validation)" if num_validation else ""
             raise ConfigError(
-                f"batch_size {batch_size} exceeds the {self.num_train} training examples"
+                f"batch_size {batch_size} exceeds the {self.num_train} training examples{held_out}"
             )
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.model = build_model(cfg, self.info)
@@ -154,6 +173,25 @@ def _epoch_record(sums: dict, count: int, epoch: int) -> dict:
     return {"epoch": epoch, **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
 
 
+# The checkpoint metric that `Checkpointer` ranks its best checkpoint by (and `--best` uses).
+_BEST_METRIC = "robust_accuracy"
+
+
+def _new_early_stopping_state() -> dict[str, Any]:
+    """Early-stopping bookkeeping, stored in every checkpoint's metadata for resumption."""
+    return {"best_epoch": None, "best_step": None, "best_value": None, "stopped_epoch": None}
+
+
+def _early_stopping_update(state: dict[str, Any], value: float, epoch: int, step: int) -> bool:
+    """Record an evaluated epoch's selection `value` (higher is better); True if it is a new
+    best. Only a strict improvement counts, so ties keep the earliest epoch."""
+    best = state["best_value"]
+    if np.isnan(value) or (best is not None and not value > best):
+        return False
+    state.update(best_epoch=epoch, best_step=step, best_value=float(value))
+    return True
+
+
 def train(
     cfg: ml_collections.ConfigDict,
     out_dir: str | Path,
@@ -164,7 +202,12 @@ def train(
     """Train, checkpoint and evaluate; write `out_dir/metrics.json` and PNGs. Returns metrics.
 
     Starting again on an `out_dir` that holds checkpoints resumes the run (same config
-    required, except for the `eval` and `checkpoint` sections).
+    required, except for the `eval` and `checkpoint` sections); a run that stopped early
+    stays stopped.
+
+    With `early_stopping.enabled`, the returned metrics (and metrics.json) evaluate the
+    selected epoch's checkpoint, and `metrics["early_stopping"]` holds the selected and last
+    epochs and both models' final-evaluation accuracies; otherwise it is None.
     """
     validate(cfg)
     out = Path(out_dir)
@@ -183,6 +226,7 @@ def train(
         data_dir=run.data_dir,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
+        records=run.train_records,
     )
     batches = iter(loader)
     during = AccuracyEvaluator(
@@ -193,7 +237,19 @@ def train(
         batch_size=cfg.eval.batch_size,
     )
     n_during = cfg.eval.during_examples or len(y_test)
-    x_during, y_during = x_test[:n_during], y_test[:n_during]
+    # What is evaluated (clean and under PGD-`during_steps`) at every evaluated epoch; the
+    # record keys are f"{name}_clean_accuracy" and f"{name}_robust_accuracy".
+    during_sets = {"test": (x_test[:n_during], y_test[:n_during])}
+    if cfg.validation.examples:
+        during_sets["validation"] = load_split(
+            cfg.dataset, "train", data_dir=run.data_dir, records=run.validation_records
+        )
+    n_train_subset = min(cfg.eval.during_train_examples, run.num_train)
+    if n_train_subset:
+        during_sets["train_subset"] = load_split(
+            cfg.dataset, "train", data_dir=run.data_dir, limit=n_train_subset
+        )
+    es = cfg.early_stopping
     eval_eps = cfg.eval.eps or cfg.eps
     co_batch = load_split(cfg.dataset, "train", data_dir=run.data_dir, limit=cfg.batch_size)
     check_co = cfg.objective == "fast_at" and cfg.eval.co_check
@@ -203,6 +259,7 @@ def train(
     history: list[dict] = []
     sums: dict[str, float] = {}
     count, train_seconds, co_best, co_event = 0, 0.0, -1.0, None
+    es_state = _new_early_stopping_state()
     if ckpt.latest_step() is not None:
         step, state, meta = ckpt.restore(state)
         diff = _config_diff(config_json, meta.get("config", {}))
@@ -214,7 +271,10 @@ def train(
         restore_loader_state(batches, meta["loader"])
         history, sums, count = meta["history"], meta["epoch_sums"], meta["epoch_count"]
         train_seconds, co_best = meta["train_seconds"], meta["co_best"]
+        es_state = meta.get("early_stopping", es_state)
         log(f"resumed from step {step} in {out / 'checkpoints'}")
+        if es_state["stopped_epoch"] is not None:
+            log(f"the run had stopped early at epoch {es_state['stopped_epoch']}")
     report.write_json(out / "config.json", config_json)
 
     def save(step: int, metrics: dict | None = None) -> None:
@@ -226,15 +286,18 @@ def train(
             "epoch_count": count,
             "train_seconds": train_seconds + time.perf_counter() - t_segment,
             "co_best": co_best,
+            "early_stopping": es_state,
         }
         ckpt.save(step, state, metadata=meta, metrics=metrics, force=True)
 
-    start = int(state.step)
+    start, saved = int(state.step), -1
+    # A run that stopped early is finished: resuming it goes straight to the evaluation.
+    stop = start if es_state["stopped_epoch"] is not None else run.total_steps
     t_segment = time.perf_counter()
     bar = tqdm(
         total=run.total_steps, initial=start, disable=not progress, desc="train", unit="step"
     )
-    for step in range(start, run.total_steps):
+    for step in range(start, stop):
         batch = shard_batch(next(batches), run.mesh)
         state, metrics = step_fn(state, batch)
         metrics = jax.device_get(metrics)
@@ -248,16 +311,35 @@ def train(
             record = _epoch_record(sums, count, epoch)
             sums, count = {}, 0
             ckpt_metrics = None
-            if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.epochs:
+            evaluated = epoch % cfg.eval.every_epochs == 0 or epoch == cfg.epochs
+            stopping = False
+            if evaluated:
                 variables = state.variables()
                 key = jax.random.key(cfg.seed + 1)
-                record["test_clean_accuracy"] = float(
-                    during.clean_correct(variables, x_during, y_during).mean()
-                )
-                record["test_robust_accuracy"] = float(
-                    during.robust_correct(variables, x_during, y_during, key, eval_eps).mean()
-                )
-                ckpt_metrics = {"robust_accuracy": record["test_robust_accuracy"]}
+                for name, (x_set, y_set) in during_sets.items():
+                    record[f"{name}_clean_accuracy"] = float(
+                        during.clean_correct(variables, x_set, y_set).mean()
+                    )
+                    record[f"{name}_robust_accuracy"] = float(
+                        during.robust_correct(variables, x_set, y_set, key, eval_eps).mean()
+                    )
+                if es.enabled:
+                    # Only improvements carry the ranking metric, so the Checkpointer's best
+                    # checkpoint is exactly the selected epoch (ties: the earliest).
+                    ckpt_metrics = {es.metric: record[es.metric]}
+                    if _early_stopping_update(es_state, record[es.metric], epoch, done):
+                        ckpt_metrics[_BEST_METRIC] = record[es.metric]
+                    since = epoch - (es_state["best_epoch"] or 0)
+                    if es.patience and since >= es.patience and epoch < cfg.epochs:
+                        es_state["stopped_epoch"] = epoch
+                        stopping = True
+                        log(
+                            f"early stopping at epoch {epoch}: {es.metric} has not improved "
+                            f"for {since} epochs (best {es_state['best_value']} at epoch "
+                            f"{es_state['best_epoch']})"
+                        )
+                else:
+                    ckpt_metrics = {_BEST_METRIC: record["test_robust_accuracy"]}
             if check_co:
                 co_acc = float(
                     during.robust_correct(
@@ -280,12 +362,20 @@ def train(
                     _, state, _ = ckpt.restore(state, step=prev)
                 break
             co_best = max(co_best, record.get("co_check_robust_accuracy", -1.0))
-            if cfg.checkpoint.every_steps == 0:
+            # Early stopping needs every evaluated epoch on disk (it may be the selected one).
+            if cfg.checkpoint.every_steps == 0 or (es.enabled and evaluated):
                 save(done, ckpt_metrics)
+                saved = done
+            if stopping:
+                break
         if cfg.checkpoint.every_steps and done % cfg.checkpoint.every_steps == 0:
-            save(done)
+            if saved != done:
+                save(done)
     bar.close()
     train_seconds += time.perf_counter() - t_segment
+    last_state = state
+    if es.enabled and es_state["best_step"] not in (None, int(state.step)):
+        _, state, _ = ckpt.restore(state, step=es_state["best_step"])
     ckpt.close()
 
     t_eval = time.perf_counter()
@@ -302,6 +392,38 @@ def train(
     robust = float(final.robust_correct(variables, x_test, y_test, key, eval_eps).mean())
     eps_list = [float(e) for e in cfg.eval.eps_list]
     curve = final.accuracy_curve(variables, x_test, y_test, key, eps_list)
+    early_stopping = None
+    if es.enabled:
+        if last_state is state:
+            last_clean, last_robust = clean, robust
+        else:
+            last_vars = last_state.variables()
+            last_clean = float(final.clean_correct(last_vars, x_test, y_test).mean())
+            last_robust = float(
+                final.robust_correct(last_vars, x_test, y_test, key, eval_eps).mean()
+            )
+        by_epoch = {r["epoch"]: r for r in history}
+        early_stopping = {
+            "metric": es.metric,
+            "patience": es.patience,
+            "selected_epoch": es_state["best_epoch"],
+            "selected_step": int(state.step),
+            "selected_value": es_state["best_value"],
+            "stopped_early": es_state["stopped_epoch"] is not None,
+            "last_epoch": history[-1]["epoch"] if history else 0,
+            "last_step": int(last_state.step),
+            # Final-evaluation numbers (PGD-steps×restarts on the test split) of both models.
+            "selected": {
+                "clean_accuracy": clean,
+                "robust_accuracy": robust,
+                "history": by_epoch.get(es_state["best_epoch"]),
+            },
+            "last": {
+                "clean_accuracy": last_clean,
+                "robust_accuracy": last_robust,
+                "history": history[-1] if history else None,
+            },
+        }
     eval_seconds = time.perf_counter() - t_eval
 
     threat_name = cfg.eval.threat or cfg.threat
@@ -327,11 +449,13 @@ def train(
         "eval_seconds": eval_seconds,
         "wall_seconds": time.perf_counter() - t_start,
         "epochs": cfg.epochs,
-        "steps": int(state.step),
+        "steps": int(last_state.step),
         "num_train": run.num_train,
+        "num_validation": len(run.validation_records),
         "num_test": len(y_test),
         "seed": cfg.seed,
         "catastrophic_overfitting": co_event,
+        "early_stopping": early_stopping,
         "history": history,
         "devices": [str(d) for d in jax.devices()],
         "jax_version": jax.__version__,
@@ -339,8 +463,15 @@ def train(
     }
     report.write_json(out / "metrics.json", metrics_out)
     _write_figures(out, state, metrics_out, x_test, y_test, get_threat(threat_name, eval_eps))
+    selected = ""
+    if early_stopping is not None:
+        selected = (
+            f" at the selected epoch {early_stopping['selected_epoch']} (last epoch "
+            f"{early_stopping['last_epoch']}: clean {early_stopping['last']['clean_accuracy']:.4f}"
+            f", robust {early_stopping['last']['robust_accuracy']:.4f})"
+        )
     log(
-        f"clean accuracy {clean:.4f}, robust accuracy {robust:.4f} "
+        f"clean accuracy {clean:.4f}, robust accuracy {robust:.4f}{selected} "
         f"(PGD-{cfg.eval.steps}×{cfg.eval.restarts}, {threat_name} ε={eval_eps}); "
         f"trained in {train_seconds:.1f} s; report in {out}"
     )
