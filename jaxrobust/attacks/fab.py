@@ -20,8 +20,8 @@ Targeted FAB succeeds when the label changes (to any class, as in AutoAttack); t
 target only chooses which boundary is linearised.
 
 The projections `projection_l2` and `projection_linf` are exact, per-example and of fixed
-shape (a sort and cumulative sums instead of the reference code's bisection), so they
-vmap and jit.
+shape (a float-exhaustive bisection, then the exact solve of the bracketed linear piece),
+so they vmap and jit.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ _NORMS = ("linf", "l2")
 # ----------------------------------------------------------------------------- projections
 
 
+# Bisection passes on λ: float32 brackets collapse to adjacent floats well before 40.
+_BISECTION_STEPS = 40
+
+
 def _hyperplane_box(z: Array, w: Array, b: Array, lo: float, hi: float, norm: str) -> Array:
     """Minimal-norm delta with w·(z + delta) + b = 0 and lo <= z + delta <= hi.
 
@@ -55,9 +59,12 @@ def _hyperplane_box(z: Array, w: Array, b: Array, lo: float, hi: float, norm: st
     room_i is how far the box lets coordinate i move in the helpful direction and
     a_i = |w_i| (ℓ2) or 1 (ℓ∞, where λ is the ℓ∞ norm itself). The progress
     g(λ) = Σ |w_i| min(λ a_i, room_i) is piecewise linear and nondecreasing, with kinks at
-    λ_i = room_i / a_i: sort the kinks, evaluate g at all of them with cumulative sums,
-    and solve the one linear piece that reaches r. If even λ = ∞ falls short, the
-    hyperplane misses the box and the box corner that gets closest is returned.
+    λ_i = room_i / a_i. Bisection brackets the λ with g(λ) = r to adjacent floats; the
+    coordinates saturated at the bracket's lower end fix the linear piece, which is then
+    solved exactly. (A sort of the kinks with cumulative sums gives the same answer, but
+    XLA:CPU's sort made it 5x slower; this is elementwise work and reductions only.) If
+    even λ = ∞ falls short, the hyperplane misses the box and the box corner that gets
+    closest is returned.
     """
     shape, dtype = z.shape, z.dtype
     z, w = z.reshape(-1), w.reshape(-1).astype(dtype)
@@ -69,17 +76,18 @@ def _hyperplane_box(z: Array, w: Array, b: Array, lo: float, hi: float, norm: st
     # outside the box.
     room = jnp.maximum(jnp.where(sw > 0, hi - z, z - lo), 0.0)
     a = aw if norm == "l2" else (aw > 0).astype(dtype)
-    kink = jnp.where(a > 0, room / jnp.where(a > 0, a, 1.0), jnp.inf)
-    order = jnp.argsort(kink)
-    kink_s, aw_s, room_s, a_s = kink[order], aw[order], room[order], a[order]
-    zero = jnp.zeros((1,), dtype)
-    # sat[k]: progress of the first k (saturated) coordinates; slope[k]: dg/dλ of the rest.
-    sat = jnp.concatenate([zero, jnp.cumsum(aw_s * room_s)])
-    slope = jnp.concatenate([jnp.cumsum((aw_s * a_s)[::-1])[::-1], zero])
-    g_kink = jnp.where(jnp.isfinite(kink_s), sat[:-1] + kink_s * slope[:-1], jnp.inf)
-    n = jnp.sum(g_kink < r)  # kinks passed before reaching r
-    feasible = slope[n] > 0
-    lam = (r - sat[n]) / jnp.where(feasible, slope[n], 1.0)
+    kink = jnp.where(a > 0, room / jnp.where(a > 0, a, 1.0), 0.0)
+    lam_lo, lam_hi = jnp.zeros((), dtype), jnp.max(kink)
+    for _ in range(_BISECTION_STEPS):  # unrolled: a loop would cost more than its body
+        mid = 0.5 * (lam_lo + lam_hi)
+        below = jnp.sum(aw * jnp.minimum(mid * a, room)) < r
+        lam_lo = jnp.where(below, mid, lam_lo)
+        lam_hi = jnp.where(below, lam_hi, mid)
+    saturated = (kink <= lam_lo) & (a > 0)
+    sat = jnp.sum(jnp.where(saturated, aw * room, 0.0))
+    slope = jnp.sum(jnp.where(saturated, 0.0, aw * a))
+    feasible = (jnp.sum(aw * room) >= r) & (slope > 0)
+    lam = (r - sat) / jnp.where(slope > 0, slope, 1.0)
     step = jnp.where(feasible, jnp.minimum(lam * a, room), room)
     return (jnp.sign(sw) * step).reshape(shape)
 
