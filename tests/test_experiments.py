@@ -162,6 +162,129 @@ def test_tradeoff_closed_form_matches_monte_carlo():
     assert float(to.accuracy(bayes, 0.0, 2 * eta, p, eta)) <= float(to.bound(std_acc, p))
 
 
+# ------------------------------------------------------------------- real data: digits
+
+
+def _run_digits(name: str, out: Path) -> dict:
+    """`jaxrobust experiment NAME --smoke --part digits`: only NAME_digits.json is written."""
+    assert main(["experiment", name, "--smoke", "--part", "digits", "--out", str(out)]) == 0
+    assert not (out / f"{name}.json").exists()  # the synthetic results are left alone
+    data = json.loads((out / f"{name}_digits.json").read_text())
+    assert data["smoke"] is True and data["part"] == "digits" and data["wall_time_s"] > 0
+    return data
+
+
+def _fractions(*values) -> None:
+    """Every entry of every (nested) list is an accuracy in [0, 1]."""
+    for v in values:
+        arr = np.asarray(v, dtype=float).ravel()
+        assert arr.size and np.all((arr >= 0) & (arr <= 1)), arr
+
+
+def test_digits_balanced_order_nested_and_class_balanced():
+    dg = _module("_digits")
+    y = jnp.asarray(np.repeat(np.arange(10), [142, 146, 142, 146, 145, 145, 145, 143, 139, 144]))
+    orders = jax.vmap(dg.balanced_order, (0, None))(jax.random.split(jax.random.key(0), 2), y)
+    assert not np.array_equal(orders[0], orders[1])  # each seed draws its own subsets
+    ns = [10, 25, 50, 137, 1000, 1390]  # up to 10 x the smallest class count (139)
+    for order in orders:
+        assert sorted(np.asarray(order).tolist()) == list(range(y.shape[0]))  # a permutation
+        masks = [np.asarray(dg.in_subset(order, n, y.shape[0])) for n in ns]
+        for n, m, counts in zip(ns, masks, (dg.class_counts(order, y, n) for n in ns), strict=True):
+            assert m.sum() == n and counts.sum() == n
+            assert counts.max() - counts.min() <= 1  # ⌊n/10⌋ or ⌈n/10⌉ of every class
+        for i in range(len(ns) - 1):
+            assert np.all(masks[i] <= masks[i + 1])  # nested: each contains the smaller ones
+    assert dg.saturation_n([10, 20, 40, 80], [0.5, 0.90, 0.915, 0.92]) == 20
+    assert dg.saturation_n([10, 20, 40, 80], [0.5, 0.6, 0.8, 0.9]) == 80
+
+
+def test_digits_vmapped_trainer_matches_single_runs():
+    """One vmapped program over (ε_train, subset, n, seed) = each configuration trained alone;
+    and PGD-AT at ε = 0 is exactly the library's standard() training."""
+    dg = _module("_digits")
+    x, y, _, _ = dg.load()
+    x, y = x[:200], y[:200]
+    model = dg.make_model([16])
+    cfg = dg.grid_configs(jax.random.key(3), y, [0.0, 0.2], [40], 1)
+    cfg["ns"] = jnp.asarray([40, 120], jnp.int32)  # two different subset sizes as well
+    kw = dict(steps=12, batch=16, lr=3e-3, pgd_steps=2)
+    # Both configurations in one PGD-AT program (ε = 0: a zero-radius ball) ...
+    together, loss_t = dg.train_sweep(model, x, y, cfg, separate_standard=False, **kw)
+    # ... and each alone: ε = 0 with standard(), ε = 0.2 with PGD-AT, a batch of one each.
+    alone, loss_a = dg.train_sweep(model, x, y, cfg, separate_standard=True, **kw)
+    assert loss_t.shape == (2, 12) and np.all(np.isfinite(loss_t))
+    np.testing.assert_allclose(loss_t, loss_a, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True):
+        assert a.shape[0] == 2
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The two configurations really differ (ε_train and n enter).
+    w = jax.tree.leaves(together)[0]
+    assert not np.allclose(w[0], w[1])
+
+
+def test_sample_complexity_digits_smoke(tmp_path):
+    data = _run_digits("sample_complexity", tmp_path)
+    _pngs(tmp_path, ["sample_complexity_digits"])
+    for key in ("settings", "n", "class_counts_seed0", "results", "per_seed", "acceptance"):
+        assert key in data
+    s = data["settings"]
+    n = data["n"]
+    counts = np.asarray(data["class_counts_seed0"])
+    assert counts.shape == (len(n), 10) and counts.sum(1).tolist() == n
+    assert np.all(counts.max(1) - counts.min(1) <= 1)
+    res = data["results"]
+    assert set(res) == {"standard", *(f"pgd_at_{e:g}" for e in s["eps"])}
+    std = res["standard"]
+    _fractions(std["clean_test"], std["clean_train"], *std["robust_test"].values())
+    assert std["saturation_n_clean"] in n
+    for e in s["eps"]:
+        r = res[f"pgd_at_{e:g}"]
+        _fractions(r["clean_test"], r["robust_test"], r["robust_train"])
+        assert len(r["robust_test"]) == len(r["robust_gap"]) == len(n)
+        assert r["saturation_n_robust"] in n and r["saturation_n_clean"] in n
+        np.testing.assert_allclose(
+            np.asarray(r["robust_train"]) - np.asarray(r["robust_test"]), r["robust_gap"], atol=1e-6
+        )
+        # robust accuracy can only be lower than clean accuracy (a failed clean point counts)
+        assert np.all(np.asarray(r["robust_test"]) <= np.asarray(r["clean_test"]) + 1e-6)
+    per_seed = data["per_seed"]
+    assert np.asarray(per_seed["clean_test"]).shape == (1 + len(s["eps"]), len(n), s["seeds"])
+    acc = data["acceptance"]
+    for key in ("standard_saturation_n", "robust_saturation_n", "standard_saturates_before_robust"):
+        assert key in acc
+
+
+def test_tradeoff_digits_smoke(tmp_path):
+    data = _run_digits("tradeoff", tmp_path)
+    _pngs(tmp_path, ["tradeoff_digits", "tradeoff_saliency"])
+    for key in ("settings", "eps_sweep", "low_data", "saliency", "acceptance"):
+        assert key in data
+    s = data["settings"]
+    sw, low, sal = data["eps_sweep"], data["low_data"], data["saliency"]
+    e = len(s["eps_train"])
+    _fractions(sw["clean_test"], sw["robust_test_at_eps_train"], sw["accuracy_vs_attack_eps"])
+    assert len(sw["clean_test"]) == e and np.asarray(sw["accuracy_vs_attack_eps"]).shape == (e, e)
+    assert sw["robust_test_at_eps_train"][0] == pytest.approx(sw["clean_test"][0])  # ε = 0
+    _fractions(low["clean_test"], low["robust_test_at_eps_train"])
+    assert np.asarray(low["clean_test"]).shape == (len(s["low_eps"]), len(s["low_n"]))
+    assert np.asarray(low["at_minus_standard"]).shape == (len(s["low_eps"]) - 1, len(s["low_n"]))
+    ex = sal["examples"]
+    k = len(s["saliency_eps"])
+    assert np.asarray(ex["images"]).shape == (10, 8, 8)
+    assert np.asarray(ex["gradients"]).shape == (k, 10, 8, 8)
+    assert sorted(ex["labels"]) == list(range(10))
+    assert np.all(np.isfinite(ex["gradients"])) and np.abs(ex["gradients"]).max() > 0
+    m = sal["measures"]
+    assert set(m) == {"abs_grad_vs_image", "descent_vs_template", "effective_pixels"}
+    for k, v in m.items():
+        lo, hi = (1, 64) if k == "effective_pixels" else (-1, 1)
+        assert len(v) == e and np.all((np.asarray(v) >= lo - 1e-4) & (np.asarray(v) <= hi + 1e-4))
+    acc = data["acceptance"]
+    for key in ("clean_falls_as_eps_train_grows", "clean_minus_standard_pp", "low_data_at_helps"):
+        assert key in acc
+
+
 # --------------------------------------------------------------------- robust Gaussian
 
 
@@ -190,3 +313,27 @@ def test_robust_covariance_closed_form_is_the_stationary_point():
     # (c − κ)² = s·c: the derivative of ½ s/(c − κ) + ½ log c vanishes.
     np.testing.assert_allclose((c - 1 / lam) ** 2, s * c, rtol=1e-4)
     np.testing.assert_allclose(jnp.sum(1 / c) / lam**2, 0.25, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ robust overfitting
+
+
+def test_robust_overfitting_smoke(tmp_path):
+    data = _run("robust_overfitting", tmp_path)
+    _pngs(tmp_path, ["robust_overfitting"])
+    epochs = data["settings"]["epochs"]
+    history = data["history"]
+    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+    for key in ("train_subset", "validation", "test"):
+        assert all(0 <= r[f"{key}_robust_accuracy"] <= r[f"{key}_clean_accuracy"] for r in history)
+    val = [r["validation_robust_accuracy"] for r in history]
+    assert data["selected_epoch"] == 1 + int(np.argmax(val))  # early stopping: first maximum
+    test = [r["test_robust_accuracy"] for r in history]
+    assert data["best_test_robust_accuracy"] == max(test)
+    assert data["last_test_robust_accuracy"] == test[-1]
+    assert data["lr_decay_epochs"] == pytest.approx([0.5 * epochs, 0.75 * epochs], abs=0.2)
+    for key in ("train_test_robust_gap", "overfitting", "final_evaluation", "patience_replay"):
+        assert key in data
+    for model in ("selected", "last"):
+        assert 0 <= data["final_evaluation"][model]["robust_accuracy"] <= 1
+    assert data["settings"]["num_train"] + data["settings"]["num_validation"] == 1437
