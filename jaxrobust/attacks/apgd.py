@@ -11,12 +11,46 @@ attacks" (ICML 2020). APGD is a `StepRule` of the `jaxrobust.optimize` engine:
   best loss has not improved since; a halving restarts the iterate from the best point.
 
 `apgd` is APGD-CE / APGD-DLR, `apgd_targeted` is APGD-T (targeted DLR over the top-k
-classes), the two gradient attacks of AutoAttack. ℓ∞ and ℓ2 follow the paper. ℓ1 runs
-through the same rule with the threat model's sparse (top-k) ascent and exact projection;
-AutoAttack's APGD-ℓ1 (Croce & Hein 2021) additionally adapts the sparsity of the step, starts
-from η = ε and uses its own step-size schedule, none of which this does.
+classes), the two gradient attacks of AutoAttack. ℓ∞ and ℓ2 follow the paper.
 
-Relation to the reference implementation (fra31/auto-attack):
+ℓ1 runs ℓ1-APGD (Croce & Hein 2021, "Mind the box", ICML), `apgd_l1_rule`, as AutoAttack's
+reference does for norm='L1':
+
+- the step moves only the k coordinates with the largest |gradient| among those the box
+  still lets move in the ascent direction, each by η/k (a unit-ℓ1 sign step, times η); the
+  iterate is then projected exactly onto the ℓ1 ball ∩ box;
+- k starts at ⌈0.2·d⌉ (`topk_fraction`, d the input dimension) and η at ε; every
+  max(⌊0.04·n⌋, 1) steps, k becomes the sparsity of the best point so far divided by 1.5,
+  and η is reset to ε (restarting from the best point) when that sparsity dropped by more
+  than 5% since the last check, else divided by 1.5, never below ε/10;
+- no momentum (the reference computes none for ℓ1); ρ and the checkpoints w_j are unused;
+- `use_largereps` (AutoAttack's standard ℓ1 version, on by default for ℓ1): the n steps
+  are split into stages at radius 3ε (⌈0.3n⌉ steps), 2ε (⌈0.3n⌉) and ε (the rest); each
+  stage starts from the previous stage's result projected onto its own ball, with k from
+  that start's sparsity. Only the last stage, at ε, makes the result.
+
+Relation to the ℓ1 reference (pyautoattack's autopgd_base.py):
+
+- the sparse step moves exactly k coordinates by index (the reference keeps every |g|
+  tied with the k-th), among those free to move inside the box (the paper's steepest
+  ascent over ball ∩ box; the reference leaves that to the projection);
+- k = max(⌊s/1.5⌋, 1) with s the smaller of the sparsities of the best point and of the
+  point the step starts from. The reference takes s from the best point only, and its
+  quantile index rounds up, ⌈s/1.5⌉. Both let the iteration stall for good: a sign step
+  of η/k on k coordinates that cover the iterate's support is undone exactly by the
+  projection, which subtracts λ = η/k from every nonzero coordinate, and then neither the
+  iterate nor the best point nor k ever changes (⌈s/1.5⌉ = s at s = 2; an iterate sparser
+  than the best point). Seen on a linear model: a run stuck for 90 of 100 steps at 7.7%
+  of ε·max|w| below the optimum; and with ⌈·⌉, an iterate on an edge of the ball (2
+  nonzeros) never moves on to the optimal vertex;
+- sparsity counts the coordinates holding more than 1e-6 of ‖δ‖₁ (the bisection
+  projection leaves float32 crumbs on coordinates it should zero);
+- stages after the first start from the engine's best iterate (misclassified first, then
+  by loss; the reference, by loss only); the first stage starts uniformly in the 3ε ball
+  ∩ box with k = ⌈0.2·d⌉ (the reference: Gaussian noise projected onto it, with k from its
+  sparsity).
+
+Relation to the reference implementation (fra31/auto-attack), ℓ∞ and ℓ2:
 
 - checkpoints are computed in exact decimal arithmetic from the published recursion (the
   code's integer windows, ⌊0.22n⌋ shrinking by ⌊0.03n⌋ to ⌊0.06n⌋, agree for n = 100
@@ -47,7 +81,7 @@ from jaxrobust.attacks.pgd import check_attack_inputs, check_result, classifier_
 from jaxrobust.errors import InputError, check_eps, is_concrete
 from jaxrobust.losses import Loss, cross_entropy, dlr, dlr_targeted
 from jaxrobust.optimize import Result, StepRule, merge_results, optimize
-from jaxrobust.threat import ThreatModel
+from jaxrobust.threat import ThreatModel, l1
 
 Array = jax.Array
 LogitsFn = Callable[[Array], Array]
@@ -133,6 +167,19 @@ def _check_unit(name: str, v: float) -> None:
         raise InputError(f"{name} must be in [0, 1], got {v}")
 
 
+def _rule_eps(threat: ThreatModel, eps: Any) -> Any:
+    """The radius that sets APGD's step size: `eps`, else the threat's; finite, >= 0."""
+    if eps is None:
+        eps = 1.0 if threat.name == "spatial" else threat.eps
+    check_eps(eps)
+    if is_concrete(eps) and not np.all(np.isfinite(np.asarray(eps, np.float64))):
+        raise InputError(
+            f"APGD's step size is proportional to eps, so eps must be finite, got {eps!r}; "
+            "give apgd_rule(..., eps=...) for an unbounded threat model"
+        )
+    return eps
+
+
 def apgd_rule(
     threat: ThreatModel,
     steps: int,
@@ -160,14 +207,7 @@ def apgd_rule(
         raise InputError(f"steps must be >= 0, got {steps}")
     _check_unit("momentum", momentum)
     _check_unit("rho", rho)
-    if eps is None:
-        eps = 1.0 if threat.name == "spatial" else threat.eps
-    check_eps(eps)
-    if is_concrete(eps) and not np.all(np.isfinite(np.asarray(eps, np.float64))):
-        raise InputError(
-            f"APGD's initial step size is 2·eps, so eps must be finite, got {eps!r}; "
-            "give apgd_rule(..., eps=...) for an unbounded threat model"
-        )
+    eps = _rule_eps(threat, eps)
     is_check, span = _checkpoint_tables(steps)
 
     def init(delta: Array, x: Array) -> APGDState:
@@ -237,6 +277,208 @@ def apgd_rule(
     return StepRule(init=init, update=update)
 
 
+# ----------------------------------------------------------------------------- ℓ1-APGD
+
+
+class APGDL1State(NamedTuple):
+    """Per-example state of the ℓ1-APGD rule; B is the batch size, delta-shaped fields (B, ...).
+
+    eta: (B,) current step size (ℓ1 length of the step, input units);
+    k: (B,) int32, how many coordinates the next step moves (1 <= k <= d);
+    sparsity: (B,) int32, ‖δ_best‖₀ at the last check (d, or ‖δ_0‖₀ for a warm start,
+      before the first);
+    prev: the perturbation the last step started from, for the (optional) momentum term;
+    best_delta, best_score, best_grad: best iterate by objective (not by success), its
+    signed objective and its gradient (to step from it after a restart).
+    """
+
+    eta: Array
+    k: Array
+    sparsity: Array
+    prev: Array
+    best_delta: Array
+    best_score: Array
+    best_grad: Array
+
+
+def l1_check_period(steps: int) -> int:
+    """Steps between the sparsity checks of ℓ1-APGD: max(⌊0.04·steps⌋, 1).
+
+    In integers (steps // 25), since 0.04·steps in float64 can land just below an integer.
+    """
+    return max(steps // 25, 1)
+
+
+def largereps_schedule(steps: int) -> tuple[tuple[int, int], ...]:
+    """The stages of `use_largereps` as (ε multiplier, steps): 3ε for ⌈0.3n⌉ steps, 2ε for
+    ⌈0.3n⌉, then ε for the rest, n = steps in all (fewer stages get steps when n < 4).
+
+    largereps_schedule(100) = ((3, 30), (2, 30), (1, 40)).
+    """
+    if steps < 0:
+        raise InputError(f"steps must be >= 0, got {steps}")
+    first = min(math.ceil(0.3 * steps), steps)
+    second = min(math.ceil(0.3 * steps), steps - first)
+    return ((3, first), (2, second), (1, steps - first - second))
+
+
+def _nonzeros(delta: Array) -> Array:
+    """(B, ...) -> (B,) int32: ‖δ‖₀ per example, the coordinates that hold more than 1e-6 of
+    ‖δ‖₁. The projection's bisection on λ leaves float32 crumbs (~1e-7·ε) on coordinates
+    it should zero; counted, they would keep k above the sparsity of the point."""
+    mag = jnp.abs(delta.reshape(delta.shape[0], -1))
+    tol = 1e-6 * jnp.sum(mag, axis=1, keepdims=True)
+    return jnp.sum(mag > tol, axis=1, dtype=jnp.int32)
+
+
+def sparse_ascent(grad: Array, k: Array) -> Array:
+    """sign(g) on the k largest |g_i| of each example, scaled to unit ℓ1 norm.
+
+    grad: (B, ...); k: (B,) int, may be traced. Exactly k coordinates by index (ties go to
+    the lower index: keeping every |g_i| tied with the k-th would make a constant gradient
+    dense), fewer where g has fewer nonzeros; zero where g is zero. Each moved coordinate
+    gets 1/(number moved): a step of η moves the point by η in ℓ1.
+    """
+    batch = grad.shape[0]
+    mag = jnp.abs(grad.reshape(batch, -1))
+    order = jnp.argsort(-mag, axis=1, stable=True)  # by |g| descending, per example
+    in_top = jnp.arange(mag.shape[1])[None, :] < k[:, None]  # rank < k, in sorted order
+    rows = jnp.arange(batch)[:, None]
+    keep = jnp.zeros_like(in_top).at[rows, order].set(in_top).reshape(grad.shape)
+    d = jnp.where(keep & (grad != 0), jnp.sign(grad), 0.0).astype(grad.dtype)
+    return d / jnp.maximum(_flat_sum(jnp.abs(d)), 1.0)
+
+
+def _flat_sum(v: Array) -> Array:
+    return jnp.sum(v, axis=tuple(range(1, v.ndim)), keepdims=True)
+
+
+def _check_topk_fraction(topk_fraction: float) -> None:
+    if not (isinstance(topk_fraction, int | float) and 0.0 < topk_fraction <= 1.0):
+        raise InputError(
+            f"topk_fraction (the initial fraction of coordinates an ℓ1-APGD step moves) must "
+            f"be a number in (0, 1], got {topk_fraction!r}"
+        )
+
+
+def apgd_l1_rule(
+    threat: ThreatModel,
+    steps: int,
+    *,
+    eps: Any = None,
+    topk_fraction: float = 0.2,
+    warm_start: bool = False,
+    momentum: float = 1.0,
+) -> StepRule:
+    """The ℓ1-APGD update (Croce & Hein 2021) as a `StepRule` for `optimize`.
+
+    Args:
+      threat: an `l1` threat model (its exact ball ∩ box projection and box test).
+      steps: the engine's number of steps; fixes the check period max(⌊0.04·steps⌋, 1).
+      eps: radius that sets the step size, η_max = eps (input units, ℓ1); a float, scalar or
+        (B,) array. Default `threat.eps`. η stays in [eps/10, eps].
+      topk_fraction: k_0 = ⌈topk_fraction·d⌉ coordinates move at first (d = the size of one
+        example), in (0, 1]; AutoAttack uses 0.2.
+      warm_start: the engine's start is a previous result (the stages of `use_largereps`):
+        take k_0 = max(⌊‖δ_0‖₀ / 1.5⌋, 1) from its sparsity instead of `topk_fraction`.
+      momentum: α, the weight of the new step (1 − α on the previous move, as `apgd_rule`);
+        1 (default) is no momentum, as the reference computes for ℓ1.
+
+    Each step: g ← the gradient with the coordinates the box blocks zeroed; the k_b largest
+    |g_i| move by η_b/k_b in the direction sign(g_i); project onto ball ∩ box. At every
+    check (steps i = p, 2p, ..., p the period), with s = ‖δ_best‖₀ of the best point so far:
+    if s < 0.95 × (s at the previous check) the sparsity is still falling, a new phase:
+    η ← eps, restart from the best point with its gradient; otherwise η ← max(η/1.5, eps/10);
+    then k ← max(⌊min(s, ‖δ_b‖₀) / 1.5⌋, 1), δ_b the point the step starts from (see the
+    module docstring for why not s alone). ‖·‖₀ counts coordinates above 1e-6·‖δ‖₁. The
+    state is an `APGDL1State`; fixed shapes, per example, so the rule jits and vmaps.
+    """
+    if steps < 0:
+        raise InputError(f"steps must be >= 0, got {steps}")
+    if threat.name != "l1":
+        raise InputError(
+            f"apgd_l1_rule needs an l1 threat model (ball ∩ box), got {threat.name!r}; use "
+            "apgd_rule for other threat models"
+        )
+    _check_topk_fraction(topk_fraction)
+    _check_unit("momentum", momentum)
+    eps = _rule_eps(threat, eps)
+    period = l1_check_period(steps)
+
+    def init(delta: Array, x: Array) -> APGDL1State:
+        del x
+        batch, dtype = delta.shape[0], delta.dtype
+        d = math.prod(delta.shape[1:])
+        if warm_start:
+            sparsity = _nonzeros(delta)
+            k = jnp.clip(sparsity * 2 // 3, 1, d)
+        else:
+            sparsity = jnp.full((batch,), d, jnp.int32)
+            k = jnp.full((batch,), min(max(math.ceil(topk_fraction * d), 1), d), jnp.int32)
+        return APGDL1State(
+            eta=jnp.broadcast_to(jnp.asarray(eps, dtype), (batch,)),
+            k=k,
+            sparsity=sparsity,
+            prev=delta,
+            best_delta=delta,
+            best_score=jnp.full((batch,), -jnp.inf, dtype),
+            best_grad=jnp.zeros_like(delta),
+        )
+
+    def update(
+        state: APGDL1State,
+        delta: Array,
+        grad: Array,
+        score: Array,
+        i: Array,
+        threat: ThreatModel,
+        x: Array,
+    ) -> tuple[Array, APGDL1State]:
+        better = score > state.best_score
+        best_delta = _where(better, delta, state.best_delta)
+        best_grad = _where(better, grad, state.best_grad)
+        best_score = jnp.where(better, score, state.best_score)
+
+        d = math.prod(delta.shape[1:])
+        eta_max = jnp.broadcast_to(jnp.asarray(eps, delta.dtype), score.shape)
+        at_check = (i > 0) & (i % period == 0)
+        sparsity = _nonzeros(best_delta)
+        # The best point got markedly sparser: a new sparsity phase starts with a full step
+        # from the best point. Otherwise the step keeps shrinking (the search is local).
+        sparser = at_check & (sparsity.astype(score.dtype) < 0.95 * state.sparsity)
+        shrunk = jnp.clip(state.eta / 1.5, eta_max / 10, eta_max)
+        eta = jnp.where(sparser, eta_max, jnp.where(at_check, shrunk, state.eta))
+        base = _where(sparser, best_delta, delta)
+        g = _where(sparser, best_grad, grad)
+        # k follows the sparsity of the best point, a little sparser, and stays below that of
+        # the point the step starts from: a sign step of η/k on k >= ‖δ‖₀ coordinates that
+        # cover δ's support is undone exactly by the projection (it subtracts λ = η/k from
+        # every nonzero coordinate), so δ, its gradient and the best point would never
+        # change again. ⌊s/1.5⌋ < s for s >= 2 (⌈s/1.5⌉, the reference's rounding, is 2 at 2).
+        s_min = jnp.minimum(sparsity, _nonzeros(base))
+        k = jnp.where(at_check, jnp.clip(s_min * 2 // 3, 1, d), state.k)
+        # Only coordinates that can still move in the ascent direction compete for the k
+        # slots (the engine already zeroes the others; this keeps the rule exact by hand).
+        if threat.free is not None:
+            g = threat.free(g, base, x)
+        nxt = threat.project(base + _rows(eta, base) * sparse_ascent(g, k), x)
+        if momentum != 1.0:
+            alpha = jnp.where(i == 0, 1.0, momentum).astype(delta.dtype)
+            nxt = threat.project(base + alpha * (nxt - base) + (1 - alpha) * (base - state.prev), x)
+
+        return nxt, APGDL1State(
+            eta=eta,
+            k=k,
+            sparsity=jnp.where(at_check, sparsity, state.sparsity),
+            prev=base,
+            best_delta=best_delta,
+            best_score=best_score,
+            best_grad=best_grad,
+        )
+
+    return StepRule(init=init, update=update)
+
+
 # ----------------------------------------------------------------------------- attacks
 
 
@@ -260,6 +502,94 @@ def _resolve_loss(loss: str | Loss) -> Loss:
     raise InputError(f"unknown APGD loss {loss!r}: use 'ce', 'dlr' or a callable (logits, y)")
 
 
+def _use_largereps(threat: ThreatModel, use_largereps: bool | None) -> bool:
+    if use_largereps is None:
+        return threat.name == "l1"
+    if use_largereps and threat.name != "l1":
+        raise InputError(
+            f"use_largereps applies to the l1 threat model only (ℓ1-APGD), got {threat.name!r}"
+        )
+    return bool(use_largereps)
+
+
+def _run(
+    objective: Callable[[Array], tuple[Array, Array]],
+    x: Array,
+    key: Array,
+    *,
+    threat: ThreatModel,
+    steps: int,
+    restarts: int,
+    random_start: bool,
+    momentum: float | None,
+    rho: float,
+    topk_fraction: float,
+    use_largereps: bool | None,
+) -> Result:
+    """APGD on `objective` (values, success) over `threat`: the engine with `apgd_rule`, or
+    for `l1` with `apgd_l1_rule`, in stages of growing sparsity when `use_largereps`."""
+    _check_topk_fraction(topk_fraction)
+    largereps = _use_largereps(threat, use_largereps)
+
+    def run(stage: ThreatModel, n: int, run_key: Array, runs: int, start: bool, warm: bool):
+        if stage.name == "l1":
+            rule = apgd_l1_rule(
+                stage,
+                n,
+                topk_fraction=topk_fraction,
+                warm_start=warm,
+                momentum=1.0 if momentum is None else momentum,
+            )
+        else:
+            rule = apgd_rule(stage, n, momentum=0.75 if momentum is None else momentum, rho=rho)
+        return optimize(
+            objective,
+            x,
+            run_key,
+            threat=stage,
+            steps=n,
+            rule=rule,
+            restarts=runs,
+            random_start=start,
+            has_aux=True,
+        )
+
+    if not largereps:
+        return run(threat, steps, key, restarts, random_start, False)
+    if steps < 0 or restarts < 1:
+        raise InputError(f"need steps >= 0 and restarts >= 1, got {steps=}, {restarts=}")
+
+    lo, hi = threat.box
+    eps = jnp.asarray(threat.eps, x.dtype)
+
+    def staged(run_key: Array) -> Result:
+        delta = None
+        for factor, n in largereps_schedule(steps):
+            stage = threat if factor == 1 else l1(factor * eps, lo=lo, hi=hi)
+            if delta is None:
+                result = run(stage, n, run_key, 1, random_start, False)
+            else:
+                # Warm start: the previous stage's result, projected onto this smaller ball.
+                def warm_init(_key, x, delta=delta, project=stage.project):
+                    return project(delta, x)
+
+                warm = stage._replace(init=warm_init)
+                result = run(warm, n, run_key, 1, True, True)
+            delta = result.delta
+        return result
+
+    # Each restart runs every stage, from its own random start (restart r: fold_in(key, r)).
+    run_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(restarts))
+    best = staged(run_keys[0])
+    if restarts > 1:
+
+        def restart(best: Result, run_key: Array) -> tuple[Result, None]:
+            return merge_results(best, staged(run_key)), None
+
+        best, _ = jax.lax.scan(restart, best, run_keys[1:])
+    return best
+
+
 def apgd(
     logits_fn: LogitsFn,
     x: Array,
@@ -271,8 +601,10 @@ def apgd(
     restarts: int = 1,
     loss: str | Loss = "ce",
     random_start: bool = True,
-    momentum: float = 0.75,
+    momentum: float | None = None,
     rho: float = 0.75,
+    topk_fraction: float = 0.2,
+    use_largereps: bool | None = None,
 ) -> Result:
     """Untargeted APGD (APGD-CE, APGD-DLR of AutoAttack), per example.
 
@@ -280,11 +612,20 @@ def apgd(
       logits_fn: the model, x (B, ...) -> logits (B, C).
       x: (B, ...) clean inputs inside `threat.box`; y: (B,) integer labels.
       key: PRNG key for the random starts.
-      threat: `linf(eps)`, `l2(eps)` or `l1(eps)` (eps scalar or (B,), input units).
-      steps: gradient steps per restart (100 in AutoAttack); restarts: random restarts.
+      threat: `linf(eps)`, `l2(eps)` or `l1(eps)` (eps scalar or (B,), input units); `l1`
+        runs ℓ1-APGD (`apgd_l1_rule`), any other threat model the APGD of `apgd_rule`.
+      steps: gradient steps per restart (100 in AutoAttack), all stages included with
+        `use_largereps`; restarts: random restarts.
       loss: "ce", "dlr" (needs C >= 3) or any per-example loss(logits, y) -> (B,).
       random_start: uniform start in the ball (else from x).
-      momentum, rho: see `apgd_rule`.
+      momentum: α of `apgd_rule` / `apgd_l1_rule`; None: 0.75 (ℓ∞, ℓ2, as the paper) and 1,
+        i.e. no momentum, for ℓ1 (as AutoAttack's ℓ1 reference).
+      rho: see `apgd_rule` (unused by ℓ1-APGD).
+      topk_fraction: ℓ1 only: the fraction of coordinates the first ℓ1 step moves, in
+        (0, 1] (0.2 in AutoAttack); later k adapts to the sparsity of the best point.
+      use_largereps: ℓ1 only: run the steps in stages at 3ε, 2ε, then ε, each warm-started
+        from the last (`largereps_schedule`), as AutoAttack's ℓ1 version. None (default):
+        on for `l1`, off otherwise; True with another threat model is an error.
 
     Returns:
       `Result(x_adv, delta, value, success)`: per example the best iterate over all steps
@@ -292,16 +633,18 @@ def apgd(
       highest loss; value is the loss there.
     """
     check_attack_inputs(x, y, threat)
-    result = optimize(
+    result = _run(
         classifier_objective(logits_fn, y, loss=_resolve_loss(loss)),
         x,
         key,
         threat=threat,
         steps=steps,
-        rule=apgd_rule(threat, steps, momentum=momentum, rho=rho),
         restarts=restarts,
         random_start=random_start,
-        has_aux=True,
+        momentum=momentum,
+        rho=rho,
+        topk_fraction=topk_fraction,
+        use_largereps=use_largereps,
     )
     return check_result(result)
 
@@ -331,8 +674,10 @@ def apgd_targeted(
     restarts: int = 1,
     n_target_classes: int = 9,
     random_start: bool = True,
-    momentum: float = 0.75,
+    momentum: float | None = None,
     rho: float = 0.75,
+    topk_fraction: float = 0.2,
+    use_largereps: bool | None = None,
 ) -> Result:
     """APGD-T: APGD on the targeted DLR loss towards each of the k most likely wrong classes.
 
@@ -343,7 +688,8 @@ def apgd_targeted(
     fold_in(key, j).
 
     Args:
-      logits_fn, x, y, key, threat, steps, restarts, random_start, momentum, rho: as `apgd`.
+      logits_fn, x, y, key, threat, steps, restarts, random_start, momentum, rho,
+        topk_fraction, use_largereps: as `apgd` (ℓ1-APGD, in stages by default, for `l1`).
       n_target_classes: how many target classes to try (9 in AutoAttack).
 
     Returns:
@@ -354,6 +700,8 @@ def apgd_targeted(
     check_attack_inputs(x, y, threat)
     if n_target_classes < 1:
         raise InputError(f"n_target_classes must be >= 1, got {n_target_classes}")
+    _check_topk_fraction(topk_fraction)
+    _use_largereps(threat, use_largereps)
     batch = x.shape[0]
     clean = jax.lax.stop_gradient(logits_fn(x))
     _check_logits_shape(clean, batch)
@@ -364,7 +712,6 @@ def apgd_targeted(
     others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, clean)
     targets = jax.lax.top_k(others, k)[1]  # (B, k), most likely wrong class first
     loss = dlr_targeted if num_classes >= 4 else targeted_margin
-    rule = apgd_rule(threat, steps, momentum=momentum, rho=rho)
 
     def run(j: Array, target: Array) -> Result:
         def objective(x_adv: Array) -> tuple[Array, Array]:
@@ -372,16 +719,18 @@ def apgd_targeted(
             _check_logits_shape(logits, batch)
             return loss(logits, y, target), jnp.argmax(logits, axis=-1) != y
 
-        return optimize(
+        return _run(
             objective,
             x,
             jax.random.fold_in(key, j),
             threat=threat,
             steps=steps,
-            rule=rule,
             restarts=restarts,
             random_start=random_start,
-            has_aux=True,
+            momentum=momentum,
+            rho=rho,
+            topk_fraction=topk_fraction,
+            use_largereps=use_largereps,
         )
 
     def body(best: Result, jt: tuple[Array, Array]) -> tuple[Result, None]:
