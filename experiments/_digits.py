@@ -276,6 +276,25 @@ def train_sweep(
     return params, jnp.concatenate([p[2] for p in parts])[inv]
 
 
+def timed_sweep(model, x: Array, y: Array, configs: dict[str, Any], cfg: dict):
+    """`train_sweep` with the training settings of an experiment's `cfg` (steps, batch, lr,
+    pgd_steps, separate_standard); returns (params, losses, wall seconds)."""
+    t = time.perf_counter()
+    params, losses = train_sweep(
+        model,
+        x,
+        y,
+        configs,
+        steps=cfg["steps"],
+        batch=cfg["batch"],
+        lr=cfg["lr"],
+        pgd_steps=cfg["pgd_steps"],
+        separate_standard=cfg["separate_standard"],
+    )
+    jax.block_until_ready(losses)
+    return params, losses, time.perf_counter() - t
+
+
 # --------------------------------------------------------------------------- evaluation
 
 

@@ -926,20 +926,7 @@ def digits_experiment(key: Array, cfg: dict, out: Path, smoke: bool, seed: int) 
     eps_train = [0.0, *cfg["eps"]]
     grid = D.grid_configs(k_grid, y, eps_train, cfg["n"], cfg["seeds"])
     shape = grid["shape"]  # (E, N, S)
-    t = time.perf_counter()
-    params, losses = D.train_sweep(
-        model,
-        x,
-        y,
-        grid,
-        steps=cfg["steps"],
-        batch=cfg["batch"],
-        lr=cfg["lr"],
-        pgd_steps=cfg["pgd_steps"],
-        separate_standard=cfg["separate_standard"],
-    )
-    jax.block_until_ready(losses)
-    train_time = time.perf_counter() - t
+    params, losses, train_time = D.timed_sweep(model, x, y, grid, cfg)
 
     t = time.perf_counter()
     # One job list, one compiled attack on test ∪ train: every model at its own ε_train

@@ -213,20 +213,7 @@ def digits_experiment(key: Array, cfg: dict, out: Path, smoke: bool, seed: int) 
     g_eps = D.grid_configs(k_eps, y, eps_train, [int(x.shape[0])], cfg["seeds"])
     g_low = D.grid_configs(k_low, y, low_eps, low_n, cfg["low_seeds"])
     configs = D.concat_configs(g_eps, g_low)
-    t = time.perf_counter()
-    params, losses = D.train_sweep(
-        model,
-        x,
-        y,
-        configs,
-        steps=cfg["steps"],
-        batch=cfg["batch"],
-        lr=cfg["lr"],
-        pgd_steps=cfg["pgd_steps"],
-        separate_standard=cfg["separate_standard"],
-    )
-    jax.block_until_ready(losses)
-    train_time = time.perf_counter() - t
+    params, losses, train_time = D.timed_sweep(model, x, y, configs, cfg)
 
     # Evaluation jobs (one compiled attack): every full-data model at every ε in eps_train
     # (accuracy-vs-ε curves; the diagonal is each model's own ε_train), and every low-data
