@@ -180,6 +180,15 @@ def _rule_eps(threat: ThreatModel, eps: Any) -> Any:
     return eps
 
 
+def _track_best(state, delta: Array, grad: Array, score: Array):
+    """Per-example best point by objective, including the current iterate: (best_delta,
+    best_grad, best_score (B,)) from a state with best_delta/best_grad/best_score."""
+    better = score > state.best_score
+    best_delta = _where(better, delta, state.best_delta)
+    best_grad = _where(better, grad, state.best_grad)
+    return best_delta, best_grad, jnp.where(better, score, state.best_score)
+
+
 def apgd_rule(
     threat: ThreatModel,
     steps: int,
@@ -236,10 +245,7 @@ def apgd_rule(
         x: Array,
     ) -> tuple[Array, APGDState]:
         # Best point so far by objective, including the current iterate x_i.
-        better = score > state.best_score
-        best_delta = _where(better, delta, state.best_delta)
-        best_grad = _where(better, grad, state.best_grad)
-        best_score = jnp.where(better, score, state.best_score)
+        best_delta, best_grad, best_score = _track_best(state, delta, grad, score)
         count = state.count + (score > state.prev_score).astype(jnp.int32)
 
         idx = jnp.minimum(i, steps)
@@ -434,10 +440,7 @@ def apgd_l1_rule(
         threat: ThreatModel,
         x: Array,
     ) -> tuple[Array, APGDL1State]:
-        better = score > state.best_score
-        best_delta = _where(better, delta, state.best_delta)
-        best_grad = _where(better, grad, state.best_grad)
-        best_score = jnp.where(better, score, state.best_score)
+        best_delta, best_grad, best_score = _track_best(state, delta, grad, score)
 
         d = math.prod(delta.shape[1:])
         eta_max = jnp.broadcast_to(jnp.asarray(eps, delta.dtype), score.shape)
