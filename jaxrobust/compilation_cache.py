@@ -23,6 +23,8 @@ def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) ->
     )
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    # Cache every program: loading a small one is cheaper than compiling it again, and
+    # a warm job then compiles nothing (eager ops and small helpers included).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
