@@ -1,8 +1,10 @@
 """GFLOP/s of the kernels that bound the PGD benchmarks, JAX (XLA:CPU) beside PyTorch.
 
-A 2048² float32 matrix product (the practical peak of this machine), and the convolutions
-of the benchmark models at batch 128: the Madry CNN's two 5×5 layers and a PreActResNet
-3×3 layer, forward and input gradient (what a PGD step computes). Medians over repeats
+A 2048² float32 matrix product (the practical peak of this machine), the convolutions
+of the benchmark models at batch 128 (the Madry CNN's two 5×5 layers and a PreActResNet
+3×3 layer, forward and input gradient: what a PGD step computes), and every convolution of
+PreActResNet-18 at the PGD benchmark's batch 32, summed over the network, to set against a
+measured PGD step (and, with weight gradients, a training step). Medians over repeats
 after a warm-up; PyTorch uses all cores. Writes JSON.
 
     python benchmarks/kernels.py [--out benchmarks/results/DATE-kernels.json]
@@ -31,6 +33,23 @@ CONVS = {
     "preact_resnet18 3x3 16x16 128->128": (3, 16, 128, 128),
 }
 BATCH = 128
+# Every convolution of PreActResNet-18 on 32x32x3 inputs: (kernel, input size, in, out,
+# stride, padding, how many in the network). Timed at the PGD benchmark's batch (32) so
+# their sum can be set against one measured PGD step of the whole network.
+RESNET_BATCH = 32
+RESNET_CONVS = {
+    "stem 3x3 32x32 3->64": (3, 32, 3, 64, 1, 1, 1),
+    "3x3 32x32 64->64": (3, 32, 64, 64, 1, 1, 4),
+    "3x3/2 32x32 64->128": (3, 32, 64, 128, 2, 1, 1),
+    "1x1/2 32x32 64->128": (1, 32, 64, 128, 2, 0, 1),
+    "3x3 16x16 128->128": (3, 16, 128, 128, 1, 1, 3),
+    "3x3/2 16x16 128->256": (3, 16, 128, 256, 2, 1, 1),
+    "1x1/2 16x16 128->256": (1, 16, 128, 256, 2, 0, 1),
+    "3x3 8x8 256->256": (3, 8, 256, 256, 1, 1, 3),
+    "3x3/2 8x8 256->512": (3, 8, 256, 512, 2, 1, 1),
+    "1x1/2 8x8 256->512": (1, 8, 256, 512, 2, 0, 1),
+    "3x3 4x4 512->512": (3, 4, 512, 512, 1, 1, 3),
+}
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -46,6 +65,63 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
 def _jax(fn, *args):
     compiled = jax.jit(fn)
     return lambda: jax.block_until_ready(compiled(*args))
+
+
+def _resnet_convs(repeats: int) -> dict:
+    """Milliseconds of every PreActResNet-18 convolution, per layer and summed over the
+    network (times its count): forward + input gradient (`*_ms`, the convolution share of a
+    PGD step) and forward + input and weight gradients (`*_train_ms`, of a training step)."""
+    rows = []
+    totals = {"jax_ms": 0.0, "torch_ms": 0.0, "jax_train_ms": 0.0, "torch_train_ms": 0.0}
+    for name, (k, hw, cin, cout, stride, pad, count) in RESNET_CONVS.items():
+        x = jnp.ones((RESNET_BATCH, hw, hw, cin), jnp.float32)
+        w = jnp.ones((k, k, cin, cout), jnp.float32)
+
+        def conv(x, w, stride=stride, pad=pad):
+            dims = ("NHWC", "HWIO", "NHWC")
+            padding = ((pad, pad), (pad, pad))
+            return jax.lax.conv_general_dilated(
+                x, w, (stride, stride), padding, dimension_numbers=dims
+            )
+
+        def input_grad(x, w, conv=conv):
+            return jax.grad(lambda v: jnp.sum(conv(v, w) ** 2))(x)
+
+        def both_grads(x, w, conv=conv):  # a training step's backward: input and weights
+            return jax.grad(lambda v, u: jnp.sum(conv(v, u) ** 2), argnums=(0, 1))(x, w)
+
+        out_hw = (hw + 2 * pad - k) // stride + 1
+        gflop = 2 * 2 * RESNET_BATCH * out_hw**2 * cin * cout * k * k / 1e9  # fwd + grad
+        row = {"kernel": name, "count": count, "gflop_fwd_and_input_grad": gflop}
+        row["jax_ms"] = 1e3 * _median_seconds(_jax(input_grad, x, w), repeats)
+        row["jax_gflops"] = gflop / row["jax_ms"] * 1e3
+        row["jax_train_ms"] = 1e3 * _median_seconds(_jax(both_grads, x, w), repeats)
+        totals["jax_ms"] += count * row["jax_ms"]
+        totals["jax_train_ms"] += count * row["jax_train_ms"]
+        if HAVE_TORCH:
+            import torch
+
+            xt = torch.ones(RESNET_BATCH, cin, hw, hw, requires_grad=True)
+            wt = torch.ones(cout, cin, k, k)
+
+            def t_input_grad(xt=xt, wt=wt, stride=stride, pad=pad):
+                y = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad)
+                return torch.autograd.grad((y**2).sum(), xt)
+
+            wg = wt.clone().requires_grad_(True)
+
+            def t_both_grads(xt=xt, wg=wg, stride=stride, pad=pad):
+                y = torch.nn.functional.conv2d(xt, wg, stride=stride, padding=pad)
+                return torch.autograd.grad((y**2).sum(), (xt, wg))
+
+            row["torch_ms"] = 1e3 * _median_seconds(t_input_grad, repeats)
+            row["torch_train_ms"] = 1e3 * _median_seconds(t_both_grads, repeats)
+            totals["torch_train_ms"] += count * row["torch_train_ms"]
+            row["torch_gflops"] = gflop / row["torch_ms"] * 1e3
+            row["jax_over_torch_time"] = row["jax_ms"] / row["torch_ms"]
+            totals["torch_ms"] += count * row["torch_ms"]
+        rows.append(row)
+    return {"batch": RESNET_BATCH, "rows": rows, **{f"total_{k}": v for k, v in totals.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,18 +181,21 @@ def main(argv: list[str] | None = None) -> int:
             row["torch_input_grad_gflops"] = 2 * gflop / _median_seconds(t_input_grad, args.repeats)
         rows.append(row)
 
+    resnet = _resnet_convs(args.repeats)
     payload = {
         "benchmark": "kernel GFLOP/s, JAX (XLA:CPU) vs PyTorch",
         "date": time.strftime("%Y-%m-%d"),
         "cores": os.cpu_count(),
         "jax": jax.__version__,
         "rows": rows,
+        "preact_resnet18_convs": resnet,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))
-    for r in rows:
-        print({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()})
+    for r in rows + resnet["rows"]:
+        print({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()})
+    print({k: v for k, v in resnet.items() if k != "rows"})
     return 0
 
 

@@ -34,3 +34,33 @@ def test_pgd_throughput_quick(tmp_path):
     assert data["train"][0]["results"]["jaxrobust train step"]["images_per_s"] > 0
     assert out.with_suffix(".md").read_text().startswith("# PGD throughput")
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_scaling_quick(tmp_path):
+    bench = _load("scaling")
+    out = tmp_path / "scaling"
+    assert bench.main(["--quick", "--models", "mlp", "--repeats", "1", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["peak"]["measured_sgemm_gflops"] > 0
+    # XLA's count of a matmul is 2n³: the FLOP unit MFU rests on.
+    assert all(r["xla_flops_over_2n3"] == 1.0 for r in data["peak"]["sgemm"])
+    rows = data["batch_scaling"]
+    assert [r["batch"] for r in rows] == list(bench.QUICK_BATCHES)
+    for row in rows:
+        # Every step of the engine is counted (not a while loop's body once).
+        assert row["flops_per_call"] >= 0.9 * row["step_flops_times_steps"] > 0
+        results = row["results"]
+        labels = {"jaxrobust pgd", "PyTorch loop"} if bench.HAVE_PEERS else {"jaxrobust pgd"}
+        assert set(results) == labels
+        for r in results.values():
+            assert r["images_per_s"] > 0 and r["gflops"] > 0 and r["mfu_vs_measured_sgemm"] > 0
+        if bench.HAVE_PEERS:  # only where the PyTorch peers are installed
+            assert row["ratio_jax_over_torch"] > 0
+    devices = data["device_scaling"]
+    assert [r["devices"] for r in devices] == list(bench.QUICK_DEVICES)
+    for r in devices:
+        assert r["images_per_s"] > 0
+        assert r["output_devices"] == r["devices"]  # the batch really was sharded
+        assert r["max_abs_diff_vs_1_device"] < 1e-5
+    assert out.with_suffix(".md").read_text().startswith("# PGD scaling")
+    assert out.with_suffix(".png").stat().st_size > 0
