@@ -34,6 +34,11 @@ Restoring reads each step on its own (a plain orbax `Checkpointer`), not through
 the manager reads every step's metrics when it opens, so one damaged old step would otherwise
 make the newest one unreadable too, and a reader process would never delete anything a
 concurrent writer is still producing.
+
+Multi-host (`jax.distributed`): every process calls `save` and `restore` with the same
+arguments. orbax coordinates the save (each array written once, the JSON items by process
+0, one commit), process 0 alone removes leftovers, and replicated arrays (data-parallel
+state) get their checksums like local ones; only arrays sharded across processes have none.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxrobust.errors import CheckpointError, ConfigError
+from jaxrobust.parallel import is_primary, sync_processes
 
 PyTree = Any
 
@@ -98,10 +104,14 @@ def _shape_dtype(x: Any) -> tuple[list[int], str]:
 
 
 def _digest(x: Any) -> str | None:
-    """sha256 of a leaf's bytes; None when this process cannot see the whole array."""
+    """sha256 of a leaf's bytes; None when this process cannot see the whole array.
+
+    A replicated multi-host array (e.g. data-parallel training state) has a full copy in
+    every process, so it is digested like a local one and gets the same checksum.
+    """
     if isinstance(x, jax.Array):
-        if not x.is_fully_addressable:  # multi-host sharded: no single process holds it all
-            return None
+        if not (x.is_fully_addressable or x.is_fully_replicated):
+            return None  # sharded across processes: no single process holds it all
         if _is_prng_key(x):
             x = jax.random.key_data(x)
     arr = np.ascontiguousarray(np.asarray(x))
@@ -209,7 +219,8 @@ class Checkpointer:
       best_mode: "max" (higher is better, e.g. robust accuracy) or "min" (e.g. a loss).
 
     Usable as a context manager (`close` on exit). One process (or one set of processes of a
-    multi-host job) should write to a directory at a time; any number may read.
+    multi-host job, all calling `save` together) should write to a directory at a time; any
+    number may read.
 
     Example::
 
@@ -315,27 +326,30 @@ class Checkpointer:
         """Create the directory and remove leftovers of killed saves (writer only, once).
 
         Done before the first save rather than on opening, so that a reader never deletes the
-        temporary directory of a save that another process is still writing.
+        temporary directory of a save that another process is still writing. In a
+        multi-process job every process calls it (as every process calls `save`): all check
+        the committed steps (and so fail together), process 0 removes the leftovers, and no
+        process opens the manager before that is done.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        if jax.process_index() != 0:
-            return
-        for p in self.directory.iterdir():
-            if not p.is_dir() or p.is_symlink():
-                continue
-            if _TMP_MARKER in p.name or (p.name.isdigit() and not (p / _COMMIT_MARKER).exists()):
-                shutil.rmtree(p, ignore_errors=True)
-            elif p.name.isdigit():
-                # The manager reads every step's metrics when it opens, and fails on bad JSON.
-                metrics_file = p / _METRICS / _METRICS
-                if metrics_file.exists():
-                    try:
-                        json.loads(metrics_file.read_text())
-                    except (OSError, ValueError):
-                        raise CheckpointError(
-                            f"checkpoint step {p.name} in {self.directory} is corrupt (unreadable "
-                            f"metrics file {metrics_file}); delete {p} to go on saving"
-                        ) from None
+        entries = [p for p in self.directory.iterdir() if p.is_dir() and not p.is_symlink()]
+        committed = [p for p in entries if p.name.isdigit() and (p / _COMMIT_MARKER).exists()]
+        for p in committed:
+            # The manager reads every step's metrics when it opens, and fails on bad JSON.
+            metrics_file = p / _METRICS / _METRICS
+            if metrics_file.exists():
+                try:
+                    json.loads(metrics_file.read_text())
+                except (OSError, ValueError):
+                    raise CheckpointError(
+                        f"checkpoint step {p.name} in {self.directory} is corrupt (unreadable "
+                        f"metrics file {metrics_file}); delete {p} to go on saving"
+                    ) from None
+        if is_primary():
+            for p in entries:
+                if _TMP_MARKER in p.name or (p.name.isdigit() and p not in committed):
+                    shutil.rmtree(p, ignore_errors=True)
+        sync_processes("jaxrobust-checkpoint-prepare")
 
     def _get_manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
@@ -394,8 +408,12 @@ class Checkpointer:
                     f"a checkpoint for step {step} already exists in {self.directory}; "
                     "pass force=True to overwrite it"
                 )
-            if jax.process_index() == 0:
+            # Every process has seen the old step before process 0 deletes it, and sees it
+            # gone before the manager re-reads the directory.
+            sync_processes(f"jaxrobust-checkpoint-overwrite:{step}")
+            if is_primary():
                 shutil.rmtree(existing)
+            sync_processes(f"jaxrobust-checkpoint-overwritten:{step}")
             manager.reload()
         args = ocp.args.Composite(
             **{

@@ -1,6 +1,7 @@
 """The `jaxrobust` command: train, eval and attack.
 
     jaxrobust train [--config NAME|FILE] [--set key=value ...] [--out DIR]
+                    [--coordinator HOST:PORT --num-processes N --process-id I]
     jaxrobust eval RUN_DIR [--suite standard | --attacks apgd-ce fab-t ...] [--eps 0.1 0.3]
     jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR]
     jaxrobust experiment NAME [--smoke] [--out DIR]
@@ -26,9 +27,16 @@ def _default_out(cfg) -> Path:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from jaxrobust.config import load_config
+    from jaxrobust.errors import ConfigError
     from jaxrobust.train.loop import train
 
     cfg = load_config(args.config, args.set or [])
+    if args.coordinator:
+        if args.num_processes is None or args.process_id is None:
+            raise ConfigError("--coordinator needs --num-processes and --process-id")
+        from jaxrobust.parallel import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     out = Path(args.out) if args.out else _default_out(cfg)
     train(cfg, out, progress=not args.quiet)
     return 0
@@ -176,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", help="run directory (default: runs/<dataset>_<objective>_...)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    multi = "multi-process training: run the same command in every process"
+    p.add_argument("--coordinator", metavar="HOST:PORT", help=f"{multi}, process 0 serves this")
+    p.add_argument("--num-processes", type=int, metavar="N", help="with --coordinator")
+    p.add_argument("--process-id", type=int, metavar="I", help="with --coordinator, 0..N-1")
     p.set_defaults(fn=_cmd_train)
 
     for name, fn, helptext in (

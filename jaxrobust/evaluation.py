@@ -2,7 +2,9 @@
 
 The functions compile once per (model, attack configuration, batch shape): the last batch
 is padded to the fixed batch size and masked, and ε is a traced argument, so an ε sweep
-reuses one compiled attack.
+reuses one compiled attack. Given a mesh, every batch is sharded over its devices (all
+processes' devices in a multi-host job, every process passing the whole split) and the
+per-example results come back replicated, so all processes get the same numbers.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrobust.attacks import fgsm, pgd
 from jaxrobust.errors import InputError, check_batch
 from jaxrobust.losses import cross_entropy, margin
+from jaxrobust.parallel import shard_global_batch
 from jaxrobust.threat import get_threat
 
 Array = jax.Array
@@ -52,7 +56,10 @@ class AccuracyEvaluator:
       threat: "linf", "l2" or "l1"; inputs in [lo, hi].
       attack: "pgd" (cross-entropy), "pgd_margin" (CW margin loss) or "fgsm".
       steps, restarts: the PGD attack (step size 2.5·ε/steps, random starts).
-      batch_size: the fixed evaluation batch shape.
+      batch_size: the fixed evaluation batch shape (rounded up to a multiple of the mesh's
+        device count).
+      mesh: shard every batch over this 1-D "data" mesh (`jaxrobust.parallel.data_mesh`);
+        `variables` must then live on the mesh too (e.g. `replicate`d). None: no sharding.
     """
 
     def __init__(
@@ -66,8 +73,12 @@ class AccuracyEvaluator:
         batch_size: int = 512,
         lo: float = 0.0,
         hi: float = 1.0,
+        mesh: Mesh | None = None,
     ):
+        if mesh is not None:
+            batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
         self.batch_size = batch_size
+        self._mesh = mesh
         get_threat(threat, 0.0, lo=lo, hi=hi)  # validate the name now, not at the first call
         run_attack = _attack(attack, steps, restarts)
 
@@ -84,15 +95,23 @@ class AccuracyEvaluator:
             # The clean point is in the ball too: robust means correct on both.
             return (jnp.argmax(f(x), -1) == y) & ~result.success
 
-        self._clean = jax.jit(clean)
-        self._robust = jax.jit(robust)
+        # Replicated outputs: each process can read the whole result (np.asarray).
+        out = {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
+        self._clean = jax.jit(clean, **out)
+        self._robust = jax.jit(robust, **out)
+
+    def _place(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """One padded batch, sharded over the mesh when there is one."""
+        if self._mesh is None:
+            return x, y
+        return shard_global_batch((x, y), self._mesh)
 
     def clean_correct(self, variables: Any, x: Any, y: Any) -> np.ndarray:
         """Per-example correctness on clean inputs, (N,) bool."""
         check_batch(x, y)
         out = np.zeros(len(y), bool)
         for start, idx, count in _padded_batches(len(y), self.batch_size):
-            ok, finite = self._clean(variables, x[idx], y[idx])
+            ok, finite = self._clean(variables, *self._place(x[idx], y[idx]))
             if not bool(finite):
                 raise InputError("the model returned non-finite logits (NaN or inf)")
             out[start : start + count] = np.asarray(ok)[:count]
@@ -107,7 +126,8 @@ class AccuracyEvaluator:
         check_batch(x, y)
         out = np.zeros(len(y), bool)
         for i, (start, idx, count) in enumerate(_padded_batches(len(y), self.batch_size)):
-            ok = self._robust(variables, x[idx], y[idx], jax.random.fold_in(key, i), eps)
+            xb, yb = self._place(x[idx], y[idx])
+            ok = self._robust(variables, xb, yb, jax.random.fold_in(key, i), eps)
             out[start : start + count] = np.asarray(ok)[:count]
         return out
 

@@ -1,10 +1,13 @@
 """Data parallelism through `jax.sharding`: a 1-D mesh over all devices, batches sharded
 along it, state replicated. XLA inserts the collectives; the same code runs on one CPU,
-several simulated CPU devices (`--xla_force_host_platform_device_count`) or accelerators.
+several simulated CPU devices (`--xla_force_host_platform_device_count`), accelerators, or
+several processes joined by `initialize_distributed` (multi-host: every process runs the
+same program on its own devices and passes its own part of each batch).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jax
@@ -14,6 +17,53 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxrobust.errors import InputError
 
 DATA_AXIS = "data"
+
+
+def initialize_distributed(
+    coordinator_address: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    cpu_collectives: str = "gloo",
+) -> None:
+    """Join a multi-process JAX job (`jax.distributed.initialize`), CPU collectives included.
+
+    Call it in every process, before anything else touches JAX devices; afterwards
+    `jax.devices()` (and so `data_mesh()`) spans the devices of all processes.
+
+    Args:
+      coordinator_address: "host:port" of the coordinator, which process 0 serves, e.g.
+        "localhost:12345" for processes on one machine.
+      num_processes: how many processes take part (>= 1).
+      process_id: this process's index in [0, num_processes); process 0 is the one that
+        writes reports and logs.
+      cpu_collectives: cross-process collectives of the CPU backend ("gloo" over TCP, or
+        "mpi"); without them a CPU all-reduce across processes fails. Used only when no
+        implementation was configured (`jax_cpu_collectives_implementation`), and harmless
+        on accelerator hosts, whose collectives are the accelerator's own.
+
+    Raises:
+      InputError: num_processes < 1 or process_id out of range.
+    """
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise InputError(
+            f"need num_processes >= 1 and 0 <= process_id < num_processes, got "
+            f"num_processes={num_processes}, process_id={process_id}"
+        )
+    # The flag is read when the CPU client is created, i.e. after initialize: set it first.
+    if jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+def is_primary() -> bool:
+    """True in the process that writes files and logs (process 0; the only one without
+    `initialize_distributed`)."""
+    return jax.process_index() == 0
 
 
 def data_mesh(devices: Any = None) -> Mesh:
@@ -27,17 +77,99 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
+def _local_device_count(mesh: Mesh) -> int:
+    return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def _check_divisible(batch: Any, n: int, what: str) -> None:
+    for leaf in jax.tree.leaves(batch):
+        if np.shape(leaf)[0] % n:
+            raise InputError(
+                f"batch size {np.shape(leaf)[0]} is not divisible by the {n} {what}; "
+                "choose a batch size that is a multiple of the device count"
+            )
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Build global arrays sharded along the leading (batch) axis from this process's part.
 
-    Each process passes its own slice of the global batch (all of it with one process).
+    Each process passes its own slice of the global batch (all of it with one process);
+    the global batch is the processes' slices concatenated in process order.
     """
-    local = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
-    for leaf in jax.tree.leaves(batch):
-        if np.shape(leaf)[0] % local:
-            raise InputError(
-                f"batch size {np.shape(leaf)[0]} is not divisible by the {local} local "
-                "devices; choose a batch size that is a multiple of the device count"
-            )
+    _check_divisible(batch, _local_device_count(mesh), "local devices")
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
+
+
+def shard_global_batch(batch: Any, mesh: Mesh) -> Any:
+    """Build global arrays sharded along the leading (batch) axis from the whole batch.
+
+    Unlike `shard_batch`, every process passes the same, whole batch (e.g. an evaluation
+    set each process loaded in full) and places only its own devices' slices. With one
+    process the two are the same.
+    """
+    _check_divisible(batch, mesh.devices.size, "devices of the mesh")
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+    def place(a: Any) -> jax.Array:
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    return jax.tree.map(place, batch)
+
+
+def local_copy(tree: Any) -> Any:
+    """Process-local copies of replicated global arrays (e.g. a multi-host TrainState).
+
+    A leaf that spans other processes' devices but is fully replicated becomes its copy on
+    this process's first device, so single-process work on it (plots, a single-device
+    attack) launches no cross-process computation that the other processes would have to
+    join. Fully addressable leaves (every leaf with one process) are returned as they are.
+
+    Raises:
+      InputError: a leaf is sharded across processes (no process holds all of it).
+    """
+
+    def copy(x: Any) -> Any:
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return x
+        if not x.is_fully_replicated:
+            raise InputError(
+                f"an array of shape {x.shape} is sharded across processes; only "
+                "replicated arrays have a process-local copy"
+            )
+        return x.addressable_data(0)
+
+    return jax.tree.map(copy, tree)
+
+
+def process_allgather_json(value: Any) -> list[Any]:
+    """Every process's JSON-serialisable `value`, in process order (a collective).
+
+    All processes must call it together; with one process it returns `[value]` (a JSON
+    round trip, so tuples come back as lists) and communicates nothing.
+    """
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    if jax.process_count() == 1:
+        return [json.loads(data.tobytes())]
+    from jax.experimental import multihost_utils
+
+    # Byte strings of different lengths: gather the lengths, then zero-padded bytes.
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
+    sizes = sizes.reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded))  # (processes, max size)
+    return [json.loads(row[:n].tobytes()) for row, n in zip(rows, sizes, strict=True)]
+
+
+def sync_processes(name: str) -> None:
+    """Barrier: return once every process has reached `sync_processes(name)`.
+
+    A no-op with one process. Used around file-system changes that one process makes and
+    the others must see (or must have finished reading) before going on.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

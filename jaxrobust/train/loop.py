@@ -12,6 +12,11 @@ evaluated epoch. With `early_stopping.enabled` the evaluated epoch with the best
 `early_stopping.metric` is the model of the final evaluation (metrics.json), the last
 epoch's numbers are reported beside it, and with `early_stopping.patience = P > 0`
 training stops once P epochs have passed without an improvement.
+
+Multi-host: after `jaxrobust.parallel.initialize_distributed`, every process runs `train`
+with the same arguments. Each reads its own shards of the training split, evaluation is
+sharded over all devices, checkpoints are saved and restored collectively by orbax, and
+only process 0 logs and writes the report files (config.json, metrics.json, PNGs).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from jaxrobust.checkpoint import Checkpointer
 from jaxrobust.config import default_config, validate
 from jaxrobust.data import (
     DatasetInfo,
+    LoaderState,
     data_source,
     get_info,
     load_split,
@@ -44,7 +50,14 @@ from jaxrobust.data import (
 from jaxrobust.errors import CheckpointError, ConfigError
 from jaxrobust.evaluation import AccuracyEvaluator
 from jaxrobust.models import create_model
-from jaxrobust.parallel import data_mesh, replicate, shard_batch
+from jaxrobust.parallel import (
+    data_mesh,
+    is_primary,
+    local_copy,
+    process_allgather_json,
+    replicate,
+    shard_batch,
+)
 from jaxrobust.threat import get_threat, spatial
 from jaxrobust.train import objectives
 from jaxrobust.train.optim import make_optimizer
@@ -169,6 +182,72 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+class _ShardBatches:
+    """This process's part of every training batch, read from its shards of the split.
+
+    The training records are cut into `count` contiguous shards (`make_loader`'s sharding),
+    each batched `batch_size / count` examples at a time; the global batch is all shards'
+    batches concatenated in shard order. Process p of P reads shards
+    `[p * count / P, (p + 1) * count / P)` and yields their batches concatenated, which is
+    its contiguous slice of the global batch (`shard_batch`). So one process with
+    `count = N` yields exactly the global batches of an N-process run.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, run: _Run, count: int):
+        per_process = count // jax.process_count()
+        first = jax.process_index() * per_process
+        self.count = count
+        self.indices = range(first, first + per_process)
+        self._iterators = [
+            iter(
+                make_loader(
+                    cfg.dataset,
+                    "train",
+                    batch_size=cfg.batch_size // count,
+                    seed=cfg.seed,
+                    augment=cfg.augment,
+                    data_dir=run.data_dir,
+                    shard_index=i,
+                    shard_count=count,
+                    records=run.train_records,
+                )
+            )
+            for i in self.indices
+        ]
+
+    def __iter__(self) -> _ShardBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        """`{"image": (B / P, H, W, C) float32, "label": (B / P,) int32}` for P processes."""
+        parts = [next(it) for it in self._iterators]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+    def state(self) -> LoaderState | list[LoaderState]:
+        """All shards' positions, in shard order (a collective with several processes).
+
+        One shard: its state as a dict, the format of single-process checkpoints.
+        """
+        gathered = process_allgather_json([loader_state(it) for it in self._iterators])
+        states = [s for per_process in gathered for s in per_process]
+        return states[0] if self.count == 1 else states
+
+    def restore(self, saved: LoaderState | list[LoaderState], where: Path) -> None:
+        """Move this process's shards to the positions `state()` returned."""
+        states = [saved] if isinstance(saved, dict) else list(saved)
+        if len(states) != self.count:
+            raise CheckpointError(
+                f"the checkpoints in {where} were written by a run that read {len(states)} "
+                f"data shard(s); this run reads {self.count} ({jax.process_count()} "
+                "process(es)): resume with the same number of processes (or data_shards)"
+            )
+        mine = states[self.indices.start : self.indices.stop]
+        for it, s in zip(self._iterators, mine, strict=True):
+            restore_loader_state(it, s)
+
+
 def _epoch_record(sums: dict, count: int, epoch: int) -> dict:
     return {"epoch": epoch, **{f"train_{k}": v / max(count, 1) for k, v in sums.items()}}
 
@@ -198,6 +277,7 @@ def train(
     *,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    data_shards: int | None = None,
 ) -> dict[str, Any]:
     """Train, checkpoint and evaluate; write `out_dir/metrics.json` and PNGs. Returns metrics.
 
@@ -208,8 +288,22 @@ def train(
     With `early_stopping.enabled`, the returned metrics (and metrics.json) evaluate the
     selected epoch's checkpoint, and `metrics["early_stopping"]` holds the selected and last
     epochs and both models' final-evaluation accuracies; otherwise it is None.
+
+    `data_shards` (default: the process count, a multiple of it) is how many shards the
+    training split is read as (see `_ShardBatches`): one process with `data_shards=N` trains
+    on the same global batches as N processes, so it reproduces a multi-host run's data
+    stream on one machine. Every process returns the same metrics; process 0 alone logs
+    (`log`, `progress`) and writes files, apart from the collective checkpoints.
     """
     validate(cfg)
+    num_shards = jax.process_count() if data_shards is None else data_shards
+    if num_shards < 1 or num_shards % jax.process_count() or cfg.batch_size % num_shards:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} must be a multiple of the data shards ({num_shards}), "
+            f"which must be a multiple of the {jax.process_count()} process(es)"
+        )
+    if not is_primary():
+        progress, log = False, lambda message: None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -217,24 +311,14 @@ def train(
     state = run.state
     x_test, y_test = load_split(cfg.dataset, "test", data_dir=run.data_dir)
     step_fn = objectives.make_train_step(build_objective(cfg, run.info))
-    loader = make_loader(
-        cfg.dataset,
-        "train",
-        batch_size=cfg.batch_size // jax.process_count(),
-        seed=cfg.seed,
-        augment=cfg.augment,
-        data_dir=run.data_dir,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-        records=run.train_records,
-    )
-    batches = iter(loader)
+    batches = _ShardBatches(cfg, run, num_shards)
     during = AccuracyEvaluator(
         run.model.apply,
         cfg.eval.threat or cfg.threat,
         steps=cfg.eval.during_steps,
         restarts=1,
         batch_size=cfg.eval.batch_size,
+        mesh=run.mesh,
     )
     n_during = cfg.eval.during_examples or len(y_test)
     # What is evaluated (clean and under PGD-`during_steps`) at every evaluated epoch; the
@@ -268,19 +352,20 @@ def train(
                 f"the checkpoints in {out / 'checkpoints'} belong to a run with a different "
                 f"config (differs in: {', '.join(diff)}); use another --out or the same config"
             )
-        restore_loader_state(batches, meta["loader"])
+        batches.restore(meta["loader"], out / "checkpoints")
         history, sums, count = meta["history"], meta["epoch_sums"], meta["epoch_count"]
         train_seconds, co_best = meta["train_seconds"], meta["co_best"]
         es_state = meta.get("early_stopping", es_state)
         log(f"resumed from step {step} in {out / 'checkpoints'}")
         if es_state["stopped_epoch"] is not None:
             log(f"the run had stopped early at epoch {es_state['stopped_epoch']}")
-    report.write_json(out / "config.json", config_json)
+    if is_primary():
+        report.write_json(out / "config.json", config_json)
 
     def save(step: int, metrics: dict | None = None) -> None:
         meta = {
             "config": config_json,
-            "loader": loader_state(batches),
+            "loader": batches.state(),
             "history": history,
             "epoch_sums": sums,
             "epoch_count": count,
@@ -385,6 +470,7 @@ def train(
         steps=cfg.eval.steps,
         restarts=cfg.eval.restarts,
         batch_size=cfg.eval.batch_size,
+        mesh=run.mesh,
     )
     variables = state.variables()
     key = jax.random.key(cfg.seed + 3)
@@ -458,11 +544,16 @@ def train(
         "early_stopping": early_stopping,
         "history": history,
         "devices": [str(d) for d in jax.devices()],
+        "processes": jax.process_count(),
         "jax_version": jax.__version__,
         "python": platform.python_version(),
     }
-    report.write_json(out / "metrics.json", metrics_out)
-    _write_figures(out, state, metrics_out, x_test, y_test, get_threat(threat_name, eval_eps))
+    if is_primary():
+        report.write_json(out / "metrics.json", metrics_out)
+        # A process-local copy of the (replicated) state: the figures' attack runs in this
+        # process alone, with no computation that the other processes would have to join.
+        threat = get_threat(threat_name, eval_eps)
+        _write_figures(out, local_copy(state), metrics_out, x_test, y_test, threat)
     selected = ""
     if early_stopping is not None:
         selected = (
