@@ -11,14 +11,19 @@ on what the weights have learnt; the adversarial examples are compared as well.
 Contenders, each from the same random start δ₀ (last iterate, cross-entropy, sign step
 2.5ε/k, projection onto the ε-ball ∩ [0, 1]):
   * jaxrobust `pgd` — the engine, one compiled program (on CPU its step loop is unrolled:
-    XLA:CPU runs a step ~2x slower inside a while loop, see `optimize.loop_plan`);
+    XLA:CPU runs a step ~2x slower inside a while loop, see `optimize.loop_plan`), with
+    the batch sharded over one CPU device per core as the `jaxrobust` commands run it
+    (`parallel.use_cpu_cores_as_devices`: XLA:CPU spreads one program's convolutions over
+    cores poorly, one shard per core does better);
+  * jaxrobust `pgd`, 1 device — the same program unsharded on one CPU device;
   * jaxrobust step loop — the same step compiled on its own, looped from Python;
   * PyTorch loop — the textbook `torch.autograd.grad` loop;
   * torchattacks `PGD` (its own uniform random start, so its examples are compared from a
     zero start instead).
 Training: one PGD-7 adversarial-training step (attack in inference mode, SGD momentum 0.9
 on the adversarial batch in training mode) with `jaxrobust.train.make_train_step(pgd_at)`
-against a plain PyTorch loop.
+(state replicated, batch sharded over the per-core devices, and on 1 device) against a
+plain PyTorch loop.
 
 Timings are medians over repeats after a warm-up call; "compile" is the first call's extra
 time. PyTorch uses all cores (`torch.set_num_threads`). Without the peers installed
@@ -49,6 +54,7 @@ import optax
 
 import jaxrobust as jr
 from jaxrobust.models import create_model
+from jaxrobust.parallel import data_mesh_for_batch, replicate, shard_batch, use_cpu_cores_as_devices
 from jaxrobust.train import TrainState, make_train_step, pgd_at
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -160,20 +166,36 @@ def _compare(a: np.ndarray, b: np.ndarray, eps: float) -> dict:
     }
 
 
+def _place(variables, *batch):
+    """Weights replicated and the batch sharded over the per-core devices (what the
+    `jaxrobust` commands do: `use_cpu_cores_as_devices` + `data_mesh`), as a
+    (mesh size, variables, *batch) tuple."""
+    mesh = data_mesh_for_batch(batch[0].shape[0])
+    return mesh.devices.size, replicate(variables, mesh), *(shard_batch(a, mesh) for a in batch)
+
+
 def bench_pgd(key: str, spec, repeats: int) -> dict:
     model, variables, x, y, delta0, steps, eps = _setup(spec)
     engine, loop = _jax_attacks(model, variables, steps, eps)
-    v, xj, yj, dj = jax.device_put((variables, x, y, delta0))
+    v1, x1, y1, d1 = jax.device_put((variables, x, y, delta0), jax.devices()[0])
+    devices, v, xj, yj, dj = _place(variables, x, y, delta0)
     batch = x.shape[0]
-    out = {"model": key, "batch": batch, "steps": steps, "eps": eps, "results": {}}
+    out = {"model": key, "batch": batch, "steps": steps, "eps": eps, "devices": devices}
+    out["results"] = {}
 
     def run_engine():
         return jax.block_until_ready(engine(v, xj, yj, dj))
 
+    def run_engine_one_device():
+        return jax.block_until_ready(engine(v1, x1, y1, d1))
+
     def run_loop():
         return jax.block_until_ready(loop(v, xj, yj, dj))
 
-    for label, fn in (("jaxrobust pgd", run_engine), ("jaxrobust step loop", run_loop)):
+    contenders = [("jaxrobust pgd", run_engine), ("jaxrobust step loop", run_loop)]
+    if devices > 1:
+        contenders.insert(1, ("jaxrobust pgd, 1 device", run_engine_one_device))
+    for label, fn in contenders:
         first, median = _time(fn, repeats)
         out["results"][label] = {
             "seconds": median,
@@ -182,6 +204,7 @@ def bench_pgd(key: str, spec, repeats: int) -> dict:
         }
     x_jax = np.asarray(run_engine())
     out["engine_vs_loop"] = _compare(x_jax, np.asarray(run_loop()), eps)
+    out["sharded_vs_one_device"] = _compare(x_jax, np.asarray(run_engine_one_device()), eps)
     x_one = np.asarray(loop.step(v, xj, yj, dj) + xj)  # one step: float noise only
 
     if HAVE_PEERS:
@@ -225,8 +248,9 @@ def bench_pgd(key: str, spec, repeats: int) -> dict:
             out["results"][k]["images_per_s"] for k in ("PyTorch loop", "torchattacks PGD")
         )
         out["ratio_vs_best_peer"] = {
-            k: out["results"][k]["images_per_s"] / best_peer
-            for k in ("jaxrobust pgd", "jaxrobust step loop")
+            k: r["images_per_s"] / best_peer
+            for k, r in out["results"].items()
+            if k.startswith("jaxrobust")
         }
     return out
 
@@ -238,21 +262,31 @@ def bench_train(key: str, spec, repeats: int) -> dict:
     state = TrainState.create(model, optax.sgd(0.01, momentum=0.9), jax.random.key(0), x.shape[1:])
     state = state.replace(params=variables["params"])
     step = make_train_step(pgd_at(jr.linf(eps), steps=steps, step_size=alpha))
-    batch = jax.device_put({"image": x, "label": y})
     n = x.shape[0]
-    holder = {"state": state}
+    devices, state_sharded, xs, ys = _place(state, x, y)
+    setups = {"jaxrobust train step": (state_sharded, {"image": xs, "label": ys})}
+    if devices > 1:
+        one = jax.devices()[0]
+        # Own buffers: the step donates its state, and `replicate` may share the original's.
+        own = jax.tree.map(lambda a: a.copy(), state)
+        setups["jaxrobust train step, 1 device"] = jax.device_put(
+            (own, {"image": x, "label": y}), one
+        )
+    out = {"model": key, "batch": n, "attack_steps": steps, "eps": eps, "devices": devices}
+    out["results"] = {}
+    for label, (state0, batch) in setups.items():
+        holder = {"state": state0}
 
-    def run_jax():
-        holder["state"], metrics = step(holder["state"], batch)
-        jax.block_until_ready(metrics)
+        def run_jax(holder=holder, batch=batch):
+            holder["state"], metrics = step(holder["state"], batch)
+            jax.block_until_ready(metrics)
 
-    first, median = _time(run_jax, repeats)
-    out = {"model": key, "batch": n, "attack_steps": steps, "eps": eps, "results": {}}
-    out["results"]["jaxrobust train step"] = {
-        "seconds": median,
-        "images_per_s": n / median,
-        "compile_seconds": max(first - median, 0.0),
-    }
+        first, median = _time(run_jax, repeats)
+        out["results"][label] = {
+            "seconds": median,
+            "images_per_s": n / median,
+            "compile_seconds": max(first - median, 0.0),
+        }
     if HAVE_PEERS:
         import _torch_peers as peers
         import torch
@@ -279,9 +313,11 @@ def bench_train(key: str, spec, repeats: int) -> dict:
             "images_per_s": n / median,
             "compile_seconds": 0.0,
         }
-        out["ratio_vs_pytorch"] = out["results"]["jaxrobust train step"]["images_per_s"] / (
-            n / median
-        )
+        out["ratio_vs_pytorch"] = {
+            k: r["images_per_s"] / (n / median)
+            for k, r in out["results"].items()
+            if k.startswith("jaxrobust")
+        }
     return out
 
 
@@ -296,16 +332,14 @@ def _markdown(payload: dict) -> str:
         "|---|---|---:|---:|---:|",
     ]
     for row in payload["pgd"] + payload["train"]:
-        ratios = row.get("ratio_vs_best_peer", {})
+        ratios = row.get("ratio_vs_best_peer", row.get("ratio_vs_pytorch", {}))
         work = f"{row['model']} " + (
             f"PGD-{row['steps']} ×{row['batch']}"
             if "steps" in row
             else f"PGD-{row['attack_steps']} AT step ×{row['batch']}"
         )
         for label, r in row["results"].items():
-            ratio = ratios.get(
-                label, row.get("ratio_vs_pytorch") if "train step" in label else None
-            )
+            ratio = ratios.get(label)
             lines.append(
                 f"| {work} | {label} | {r['images_per_s']:.1f} | {r['compile_seconds']:.1f} | "
                 + (f"{ratio:.2f}×" if ratio is not None else "")
@@ -318,6 +352,7 @@ def _markdown(payload: dict) -> str:
             "jax_vs_pytorch_loop",
             "jax_vs_torchattacks_zero_start",
             "engine_vs_loop",
+            "sharded_vs_one_device",
         ):
             if k in row:
                 c = row[k]
@@ -358,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=f"benchmarks/results/{time.strftime('%Y-%m-%d')}-pgd_throughput"
     )
     args = parser.parse_args(argv)
+    # As the `jaxrobust` commands do: one CPU device per core, batches sharded over them.
+    use_cpu_cores_as_devices()
     specs = QUICK if args.quick else MODELS
     names = args.models or list(specs)
     unknown = set(names) - set(specs)

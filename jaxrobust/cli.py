@@ -226,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxrobust.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
+    # One CPU device per core (before JAX starts its backends): jobs shard their batches.
+    from jaxrobust.parallel import use_cpu_cores_as_devices
+
+    use_cpu_cores_as_devices()
     try:
         return args.fn(args)
     except JaxRobustError as e:

@@ -23,6 +23,11 @@ if os.environ.get("CI"):
 _ROOT = Path(os.environ.get("JAXROBUST_TEST_ROOT") or tempfile.mkdtemp(prefix="jaxrobust-tests-"))
 os.environ.setdefault("JAXROBUST_DATA_DIR", str(_ROOT / "data"))
 os.environ.setdefault("JAXROBUST_CACHE_DIR", str(_ROOT / "jax_cache"))
+# The `jaxrobust` commands give the CPU one device per core; tests (in-process, where the
+# first CLI call of a worker would otherwise decide the device count of every later test,
+# and CLI subprocesses) keep JAX's single CPU device unless a test asks for more
+# (test_parallel.py runs the per-core path).
+os.environ.setdefault("JAXROBUST_CPU_DEVICES", "1")
 
 from jaxrobust.compilation_cache import enable_compilation_cache  # noqa: E402
 

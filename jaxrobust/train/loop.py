@@ -51,7 +51,7 @@ from jaxrobust.errors import CheckpointError, ConfigError
 from jaxrobust.evaluation import AccuracyEvaluator
 from jaxrobust.models import create_model
 from jaxrobust.parallel import (
-    data_mesh,
+    data_mesh_for_batch,
     is_primary,
     local_copy,
     process_allgather_json,
@@ -141,7 +141,7 @@ class _Run:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.model = build_model(cfg, self.info)
         tx = make_optimizer(cfg, self.total_steps, self.steps_per_epoch)
-        self.mesh = data_mesh()
+        self.mesh = data_mesh_for_batch(batch_size)
         self.state = replicate(
             TrainState.create(self.model, tx, jax.random.key(cfg.seed), self.info.image_shape),
             self.mesh,
@@ -543,7 +543,7 @@ def train(
         "catastrophic_overfitting": co_event,
         "early_stopping": early_stopping,
         "history": history,
-        "devices": [str(d) for d in jax.devices()],
+        "devices": [str(d) for d in run.mesh.devices.flat],  # the devices it trained on
         "processes": jax.process_count(),
         "jax_version": jax.__version__,
         "python": platform.python_version(),
