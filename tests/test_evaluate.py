@@ -267,3 +267,19 @@ def test_standard_suite_breaks_a_gradient_masked_model(model_and_data):
     assert "zero_gradients" in names and "black_box_stronger" in names
     assert r.per_attack["apgd-ce"][0] > 0.5  # the white-box attacks are blind...
     assert r.robust_accuracy[0] <= 0.05  # ...and the ensemble is not
+
+
+def test_chunks_pad_to_a_compiled_size_within_the_slack():
+    from jaxrobust.attacks.evaluate import _chunks
+
+    [(chunk, count)] = list(_chunks(np.arange(300), 512, 64))
+    assert len(chunk) == 320 and count == 300  # the smallest multiple of 64
+    # 384 is compiled and within 1.25 x 320: reuse it (padding repeats the first index).
+    [(chunk, count)] = list(_chunks(np.arange(300), 512, 64, reuse=[384, 512]))
+    assert len(chunk) == 384 and count == 300 and (chunk[300:] == 0).all()
+    # 448 > 1.25 x 320: a new size is cheaper than that much padding.
+    [(chunk, _)] = list(_chunks(np.arange(300), 512, 64, reuse=[448]))
+    assert len(chunk) == 320
+    chunks = list(_chunks(np.arange(1000), 512, 64, reuse=[512]))
+    assert [len(c) for c, _ in chunks] == [512, 512] and sum(n for _, n in chunks) == 1000
+    assert np.array_equal(np.concatenate([c[:n] for c, n in chunks]), np.arange(1000))

@@ -31,7 +31,7 @@ from jaxrobust.attacks.pgd import fgsm, pgd
 from jaxrobust.errors import InputError, check_batch, check_range
 from jaxrobust.losses import cross_entropy, margin
 from jaxrobust.optimize import Result
-from jaxrobust.parallel import data_mesh, shard_batch
+from jaxrobust.parallel import data_mesh, replicate, shard_batch
 from jaxrobust.threat import ThreatModel, get_threat
 
 Array = jax.Array
@@ -156,19 +156,26 @@ class EvalReport:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _chunks(indices: np.ndarray, batch_size: int, granule: int = 1):
+REUSE_SLACK = 1.25  # pad a chunk up to an already compiled size at most 25% larger
+
+
+def _chunks(indices: np.ndarray, batch_size: int, granule: int = 1, reuse: Sequence[int] = ()):
     """Equal chunks of `indices`, each padded (by repeating its first index) to one size.
 
     The size is the smallest multiple of `granule` (capped at `batch_size`) that splits
     the indices into ceil(len / batch_size) chunks: a cascade stage with 194 examples left
     runs on batches of 225, not 360, and every chunk of a stage shares one compiled shape.
     With granule = batch_size / 8 an attack meets at most 8 shapes, so compilation stays
-    bounded (and each shape is cached across runs).
+    bounded (and each shape is cached across runs). A size in `reuse` (the attack's
+    compiled sizes) at most `REUSE_SLACK` times larger is taken instead: padding 20% more
+    examples costs less than tracing, lowering and compiling another program.
     """
     if len(indices) == 0:
         return
     per_chunk = -(-len(indices) // -(-len(indices) // batch_size))  # ceil(len / #chunks)
     size = min(-(-per_chunk // granule) * granule, batch_size)
+    near = [r for r in reuse if size <= r <= min(REUSE_SLACK * size, batch_size)]
+    size = min(near, default=size)
     for start in range(0, len(indices), size):
         part = indices[start : start + size]
         pad = size - len(part)
@@ -269,7 +276,21 @@ def evaluate(
         else logits_fn
     )
     n = len(y)
-    probe = jax.jit(model)(jnp.asarray(x[: min(n, batch_size)]))
+    mesh = data_mesh() if batch_size % jax.device_count() == 0 else None
+    # A model that carries its weights as a pytree (a `jax.tree_util.Partial`, as
+    # `as_logits_fn` and `TrainState.logits_fn` return) goes into every compiled program as
+    # an argument: its weights are inputs, not constants, so the programs stay small and a
+    # warm compilation cache serves every checkpoint of the architecture. Other callables
+    # are closed over (their arrays become constants of each program).
+    carried = model if isinstance(model, jax.tree_util.Partial) else None
+    if carried is not None and mesh is not None:
+        carried = replicate(carried, mesh)
+
+    def bound(m: LogitsFn | None) -> LogitsFn:
+        return model if m is None else m
+
+    logits_jit = jax.jit(lambda m, a: bound(m)(a))
+    probe = logits_jit(carried, jnp.asarray(x[: min(n, batch_size)]))
     if probe.ndim != 2 or probe.shape[0] != min(n, batch_size):
         raise InputError(
             f"the model must return logits of shape (batch, num_classes), got {probe.shape} "
@@ -282,18 +303,16 @@ def evaluate(
             f"got [{y.min()}, {y.max()}]"
         )
 
-    mesh = data_mesh() if batch_size % jax.device_count() == 0 else None
     place = (lambda t: shard_batch(t, mesh)) if mesh is not None else (lambda t: t)
     # Cascade stages shrink: chunk sizes are multiples of `granule` (divisible by the
     # device count when sharded), so later attacks run on smaller compiled batches.
     devices = jax.device_count() if mesh is not None else 1
     granule = min(-(-max(batch_size // 8, 1) // devices) * devices, batch_size)
-    logits_jit = jax.jit(model)
 
     clean = np.zeros(n, bool)
     for idx, count in _chunks(np.arange(n), batch_size, granule):
         # Host-side checks: eager jnp ops would each compile a tiny program per process.
-        z = np.asarray(logits_jit(place(jnp.asarray(x[idx]))))
+        z = np.asarray(logits_jit(carried, place(jnp.asarray(x[idx]))))
         if not np.all(np.isfinite(z)):
             raise InputError("the model returned non-finite logits (NaN or inf)")
         clean[idx[:count]] = (np.argmax(z, -1) == y[idx])[:count]
@@ -308,12 +327,13 @@ def evaluate(
         cache_key = f"{name}/{args[0].shape[0]}"
         if cache_key not in compiled:
 
-            def run(xb, yb, base_key, ei, start, e):
+            def run(xb, yb, base_key, ei, start, e, m):
                 # The chunk's key is derived inside the program (no eager fold_in programs).
                 k = jax.random.fold_in(jax.random.fold_in(base_key, ei), start)
                 t = get_threat(threat, e, lo=lo, hi=hi)
-                r = fn(model, xb, yb, k, t)
-                return r.x_adv, jnp.argmax(model(r.x_adv), -1) != yb
+                f = bound(m)
+                r = fn(f, xb, yb, k, t)
+                return r.x_adv, jnp.argmax(f(r.x_adv), -1) != yb
 
             t0 = time.perf_counter()
             compiled[cache_key] = jax.jit(run).lower(*args).compile()
@@ -335,9 +355,10 @@ def evaluate(
                 per_attack[name].append(state["per_attack"][name][ei])
                 continue
             t0 = time.perf_counter()
-            for idx, count in _chunks(np.flatnonzero(robust), batch_size, granule):
+            sizes = [int(k.rsplit("/", 1)[1]) for k in compiled if k.startswith(name + "/")]
+            for idx, count in _chunks(np.flatnonzero(robust), batch_size, granule, sizes):
                 xb, yb = place(jnp.asarray(x[idx])), place(jnp.asarray(y[idx]))
-                args = (xb, yb, key, np.int32(ei), np.int32(idx[0]), np.float32(e))
+                args = (xb, yb, key, np.int32(ei), np.int32(idx[0]), np.float32(e), carried)
                 c0 = compile_seconds
                 xa, broke = attack_fn(name, fn, args)(*args)
                 t0 += compile_seconds - c0  # per-attack timings exclude compilation
@@ -392,7 +413,7 @@ def evaluate(
         )
     if checks:
         _sanity_checks(
-            report, logits_fn, model, x, y, key, threat, lo, hi, check_examples, randomised
+            report, logits_fn, model, carried, x, y, key, threat, lo, hi, check_examples, randomised
         )
     report.checks["total_seconds"] = time.perf_counter() - t_start
     return report
@@ -455,7 +476,9 @@ def _load_state(path, eps_list, names, n) -> dict:
 # ----------------------------------------------------------------------------- checks
 
 
-def _sanity_checks(report, raw_fn, model, x, y, key, threat, lo, hi, m, randomised) -> None:
+def _sanity_checks(
+    report, raw_fn, model, carried, x, y, key, threat, lo, hi, m, randomised
+) -> None:
     flags, checks = report.flags, report.checks
     xs, ys = jnp.asarray(x[:m]), jnp.asarray(y[:m])
     dim = int(np.prod(x.shape[1:]))
@@ -471,19 +494,33 @@ def _sanity_checks(report, raw_fn, model, x, y, key, threat, lo, hi, m, randomis
             )
         )
 
-    def acc(fn, e, k=key):
-        def robust_accuracy(a, b):  # one program per check (no eager model calls)
-            r = fn(model, a, b, k, get_threat(threat, e, lo=lo, hi=hi))
-            wrong = jnp.argmax(model(r.x_adv), -1) != b
-            clean_ok = jnp.argmax(model(a), -1) == b
-            return jnp.mean(clean_ok & ~wrong)
+    # The four check attacks as one program, their step loops rolled: on a few examples
+    # their run time is small, and a small program traces, lowers and loads from the
+    # compilation cache faster (what a warm `jaxrobust eval` spends its time on).
+    big, e0 = _large_eps(threat, dim, lo, hi), min(report.eps)
+    check_attacks = (
+        (lambda f, a, b, k, t: pgd(f, a, b, k, threat=t, steps=50, unroll=1), big),
+        (lambda f, a, b, k, t: pgd(f, a, b, k, threat=t, steps=10, unroll=1), e0),
+        (ATTACKS["pgd-100x2"], e0),
+        (ATTACKS["fgsm"], e0),
+    )
 
-        return float(jax.jit(robust_accuracy)(xs, ys))
+    def robust_accuracies(a, b, carried_model):
+        f = model if carried_model is None else carried_model
+        clean_ok = jnp.argmax(f(a), -1) == b
+
+        def accuracy(fn, e):
+            r = fn(f, a, b, key, get_threat(threat, e, lo=lo, hi=hi))
+            return jnp.mean(clean_ok & (jnp.argmax(f(r.x_adv), -1) == b))
+
+        return jnp.stack([accuracy(fn, e) for fn, e in check_attacks])
+
+    accuracies = jax.jit(robust_accuracies)(xs, ys, carried)
+    large, pgd10, pgd100, single = (float(v) for v in accuracies)
 
     # 2. At an ε that covers the whole input box accuracy must be ~0.
-    big = _large_eps(threat, dim, lo, hi)
     checks["large_eps"] = big
-    checks["large_eps_accuracy"] = acc(ATTACKS["pgd"], big)
+    checks["large_eps_accuracy"] = large
     if checks["large_eps_accuracy"] > 0.01:
         flags.append(
             Flag(
@@ -494,12 +531,6 @@ def _sanity_checks(report, raw_fn, model, x, y, key, threat, lo, hi, m, randomis
             )
         )
 
-    e0 = min(report.eps)
-    pgd10, pgd100, single = (
-        acc(ATTACKS["pgd-10"], e0),
-        acc(ATTACKS["pgd-100x2"], e0),
-        acc(ATTACKS["fgsm"], e0),
-    )
     checks.update(
         {
             "pgd10_accuracy": pgd10,
@@ -547,8 +578,13 @@ def _sanity_checks(report, raw_fn, model, x, y, key, threat, lo, hi, m, randomis
                         "that every white-box attack missed: gradients are masked",
                     )
                 )
+
     # 6. Zero or vanishing input gradients.
-    grads = jax.jit(jax.grad(lambda a: jnp.sum(cross_entropy(model(a), ys))))(xs)
+    def loss(a, carried_model):
+        f = model if carried_model is None else carried_model
+        return jnp.sum(cross_entropy(f(a), ys))
+
+    grads = jax.jit(jax.grad(loss))(xs, carried)
     gnorm = np.sqrt((np.asarray(grads, np.float64).reshape(len(ys), -1) ** 2).sum(1))
     checks["zero_gradient_fraction"] = float(np.mean(gnorm < 1e-12))
     if checks["zero_gradient_fraction"] > 0.05:

@@ -88,6 +88,7 @@ def pgd(
     target: Array | None = None,
     random_start: bool = True,
     keep_best: bool = True,
+    unroll: int | None = None,
 ) -> Result:
     """Projected gradient descent attack (Madry et al. 2018), per example.
 
@@ -102,6 +103,9 @@ def pgd(
       target: optional (B,) target labels for a targeted attack.
       random_start: uniform start in the ball (else from x).
       keep_best: per-example best iterate (misclassified first, then highest loss).
+      unroll: scan unroll factor of the step loop; None picks the backend's fastest
+        (`optimize.loop_plan`); 1 keeps it rolled (a smaller program: compiles and loads
+        from the compilation cache faster, for attacks on a few examples).
 
     Returns:
       `Result(x_adv, delta, value, success)`; success[i] means example i is misclassified
@@ -122,6 +126,7 @@ def pgd(
         random_start=random_start,
         keep_best=keep_best,
         has_aux=True,
+        unroll=unroll,
     )
     return check_result(result)
 

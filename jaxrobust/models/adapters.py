@@ -7,6 +7,7 @@ model sows into its "intermediates" collection.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -61,6 +62,15 @@ def _nnx_logits_fn(model: nnx.Module, train: bool) -> LogitsFn:
     return logits_fn
 
 
+def _linen_eval(model: nn.Module, variables: Mapping[str, Any], x: Array) -> Array:
+    return model.apply(variables, x, train=False)
+
+
+def _linen_train(model: nn.Module, variables: Mapping[str, Any], x: Array) -> Array:
+    logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return logits
+
+
 def as_logits_fn(
     model: Any, variables: Mapping[str, Any] | None = None, *, train: bool = False
 ) -> LogitsFn:
@@ -86,7 +96,9 @@ def as_logits_fn(
       variables: the linen variables; must be None for (b) and (c).
       train: run in training mode (see above).
     Returns:
-      `logits_fn(x: (B, ...)) -> (B, num_classes)`.
+      `logits_fn(x: (B, ...)) -> (B, num_classes)`; for a linen model a
+      `jax.tree_util.Partial` over the variables (a pytree: hand it to a jitted function
+      as an argument and the weights stay inputs of the compiled program).
     Raises:
       InputError: missing/malformed variables, variables given for a non-linen model, or a
         model of an unsupported type.
@@ -94,18 +106,10 @@ def as_logits_fn(
     if isinstance(model, nn.Module):
         _check_variables(variables)
 
-        if not train:
-
-            def logits_fn(x: Array) -> Array:
-                return model.apply(variables, x, train=False)
-
-        else:
-
-            def logits_fn(x: Array) -> Array:
-                logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-                return logits
-
-        return logits_fn
+        # A Partial is a pytree whose leaves are the variables: passed to a jitted function
+        # (as `evaluate` does), the weights are program inputs instead of baked-in constants.
+        apply = _linen_train if train else _linen_eval
+        return jax.tree_util.Partial(functools.partial(apply, model), variables)
     if variables is not None:
         raise InputError(
             f"variables are only used with a flax.linen module, got a {type(model).__name__}; "

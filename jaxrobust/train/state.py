@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,10 @@ from flax import struct
 from jaxrobust.models import init_model
 
 Array = jax.Array
+
+
+def _apply_eval(apply_fn: Callable, variables: Any, x: Array) -> Array:
+    return apply_fn(variables, x, train=False)
 
 
 @struct.dataclass
@@ -67,9 +72,13 @@ class TrainState:
         return v
 
     def logits_fn(self, params: Any | None = None) -> Callable[[Array], Array]:
-        """The model in inference mode (BatchNorm uses running statistics): x -> logits."""
-        variables = self.variables(params)
-        return lambda x: self.apply_fn(variables, x, train=False)
+        """The model in inference mode (BatchNorm uses running statistics): x -> logits.
+
+        A `jax.tree_util.Partial` over the variables: passed to a jitted function as an
+        argument (as `evaluate` does), the weights are inputs of the compiled program."""
+        return jax.tree_util.Partial(
+            functools.partial(_apply_eval, self.apply_fn), self.variables(params)
+        )
 
     def train_forward(self, params: Any, x: Array) -> tuple[Array, Any]:
         """Training-mode forward pass: (logits, updated batch_stats)."""
