@@ -53,8 +53,10 @@ def _worker(run_dir: str) -> dict:
 
     from jaxrobust.attacks.evaluate import evaluate
     from jaxrobust.data import load_split
+    from jaxrobust.parallel import use_cpu_cores_as_devices
     from jaxrobust.train.loop import restore_run
 
+    use_cpu_cores_as_devices()  # as `jaxrobust eval` runs: one CPU device per core
     t_import = time.perf_counter() - t0
     t1 = time.perf_counter()
     _, state, _ = restore_run(run_dir)
@@ -71,6 +73,7 @@ def _worker(run_dir: str) -> dict:
     )
     return {
         "end_to_end_seconds": time.perf_counter() - t1,
+        "devices": jax.device_count(),
         "import_seconds": t_import,
         "compile_seconds": report.compile_seconds,
         "attack_seconds": sum(report.timings.values()),
@@ -92,8 +95,10 @@ def _torch_worker(run_dir: str) -> dict:
     import _torch_peers
 
     from jaxrobust.data import load_split
+    from jaxrobust.parallel import use_cpu_cores_as_devices
     from jaxrobust.train.loop import restore_run
 
+    use_cpu_cores_as_devices()  # as `jaxrobust eval` runs: one CPU device per core
     t_import = time.perf_counter() - t0
     torch.set_num_threads(os.cpu_count() or 1)
     t1 = time.perf_counter()
