@@ -3,6 +3,7 @@
     jaxrobust train [--config NAME|FILE] [--set key=value ...] [--out DIR]
                     [--coordinator HOST:PORT --num-processes N --process-id I]
     jaxrobust eval RUN_DIR [--suite standard | --attacks apgd-ce fab-t ...] [--eps 0.1 0.3]
+                   [--coordinator HOST:PORT --num-processes N --process-id I]
     jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR]
     jaxrobust experiment NAME [--smoke] [--out DIR]
 
@@ -25,18 +26,36 @@ def _default_out(cfg) -> Path:
     return Path("runs") / f"{cfg.dataset}_{cfg.objective}_{cfg.threat}{eps}_seed{cfg.seed}"
 
 
+def _add_distributed_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--coordinator, --num-processes, --process-id (read by `_join_processes`)."""
+    multi = f"multi-process {what}: run the same command in every process"
+    p.add_argument("--coordinator", metavar="HOST:PORT", help=f"{multi}, process 0 serves this")
+    p.add_argument("--num-processes", type=int, metavar="N", help="with --coordinator")
+    p.add_argument("--process-id", type=int, metavar="I", help="with --coordinator, 0..N-1")
+
+
+def _join_processes(args: argparse.Namespace) -> None:
+    """Join the multi-process job that --coordinator names (nothing without it).
+
+    Call it before anything touches JAX devices (restoring a checkpoint included).
+    """
+    if not args.coordinator:
+        return
+    from jaxrobust.errors import ConfigError
+
+    if args.num_processes is None or args.process_id is None:
+        raise ConfigError("--coordinator needs --num-processes and --process-id")
+    from jaxrobust.parallel import initialize_distributed
+
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from jaxrobust.config import load_config
-    from jaxrobust.errors import ConfigError
     from jaxrobust.train.loop import train
 
     cfg = load_config(args.config, args.set or [])
-    if args.coordinator:
-        if args.num_processes is None or args.process_id is None:
-            raise ConfigError("--coordinator needs --num-processes and --process-id")
-        from jaxrobust.parallel import initialize_distributed
-
-        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    _join_processes(args)
     out = Path(args.out) if args.out else _default_out(cfg)
     train(cfg, out, progress=not args.quiet)
     return 0
@@ -48,8 +67,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from jaxrobust import report
     from jaxrobust.attacks.evaluate import evaluate
     from jaxrobust.data import load_split
+    from jaxrobust.parallel import is_primary
     from jaxrobust.train.loop import restore_run
 
+    _join_processes(args)
+    # Several processes: each restores the (replicated) weights collectively, loads the
+    # whole split and runs `evaluate` with the same arguments; process 0 alone writes the
+    # report and prints (every process computes the same numbers).
+    primary = is_primary()
     run, state, _ = restore_run(args.run_dir, best=args.best)
     cfg = run.cfg
     x, y = load_split(cfg.dataset, args.split, data_dir=run.data_dir, limit=args.limit)
@@ -57,7 +82,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     eps_list = args.eps if args.eps else [float(e) for e in cfg.eval.eps_list]
     attacked = [e for e in eps_list if e != 0]  # ε = 0 is the clean accuracy
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    if primary:
+        out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = evaluate(
         state.logits_fn(),
@@ -70,7 +96,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         checks=not args.no_checks,
         state_file=out / "eval_state.json" if args.resume else None,
-        progress=print,
+        progress=print,  # evaluate reports from process 0 only
     )
     by_eps = dict(zip(result.eps, result.robust_accuracy, strict=True))
     curve = [result.clean_accuracy if e == 0 else by_eps[e] for e in eps_list]
@@ -96,7 +122,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "eval_seconds": time.perf_counter() - t0,
         "flags": [{"name": f.name, "message": f.message} for f in result.flags],
         "checks": result.checks,
+        "processes": jax.process_count(),
     }
+    if not primary:
+        return 0
     report.write_json(out / "metrics.json", metrics)
     curves = {f"after {name}": (eps_list, accs) for name, accs in per_attack.items()}
     curves["worst case"] = (eps_list, curve)
@@ -184,10 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", help="run directory (default: runs/<dataset>_<objective>_...)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    multi = "multi-process training: run the same command in every process"
-    p.add_argument("--coordinator", metavar="HOST:PORT", help=f"{multi}, process 0 serves this")
-    p.add_argument("--num-processes", type=int, metavar="N", help="with --coordinator")
-    p.add_argument("--process-id", type=int, metavar="I", help="with --coordinator, 0..N-1")
+    _add_distributed_args(p, "training")
     p.set_defaults(fn=_cmd_train)
 
     for name, fn, helptext in (
@@ -210,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
             p.add_argument("--resume", action="store_true", help="resume from OUT/eval_state.json")
+            _add_distributed_args(p, "evaluation")
         else:
             p.add_argument("--steps", type=int, default=50)
             p.add_argument("--eps", type=float, help="default: the run's training ε")

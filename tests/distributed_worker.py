@@ -1,12 +1,17 @@
 """One process of test_distributed: `jaxrobust train` (smoke-sized) as process I of 2, or the
-single-process reference that reads the same global batches.
+single-process reference that reads the same global batches; then `jaxrobust eval` of the
+run, as process I of 2 or in one process.
 
     distributed_worker.py reference OUT            one process, all its devices, data_shards=2
     distributed_worker.py crash OUT PORT I         `jaxrobust train --coordinator ...`, dies
                                                    (in both processes) before step CRASH_AT + 1
     distributed_worker.py resume OUT PORT I        the same command again: resumes, finishes
+    distributed_worker.py eval RUN OUT PORT I      `jaxrobust eval RUN --out OUT --coordinator
+                                                   ...` (EVAL_ARGS)
+    distributed_worker.py eval RUN OUT             the same in one process, all its devices
 
-Prints "RESULT <json>" (the metrics `train` returned in this process) on stdout.
+Prints "RESULT <json>" on stdout: the metrics `train` returned in this process, or what
+`evaluate` returned in it (the CLI writes process 0's alone).
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ SETTINGS = {
     "eval.during_examples": 128,
     "eval.steps": 3,
 }
+
+# Two attacks and the sanity checks on the test split's first 64 examples, at two ε where
+# the smoke-trained model is neither robust nor broken everywhere. Batches of 64: a cascade
+# stage runs on a multiple of 8 examples (4 per device), so the programs stay small.
+EVAL_ARGS = ["--suite", "fast", "--limit", "64", "--eps", "0", "0.01", "0.04"]
+EVAL_ARGS += ["--batch-size", "64", "--resume"]
 
 
 class SimulatedCrash(Exception):
@@ -71,7 +82,41 @@ def _report_results() -> None:
     loop.train = train
 
 
-def main(mode: str, out: str, port: str | None = None, process_id: str | None = None) -> int:
+def _report_eval_results() -> None:
+    """Print what `evaluate` returns in this process (the CLI writes process 0's only)."""
+    import importlib
+
+    # The module, not the function `jaxrobust.attacks` re-exports under the same name.
+    module = importlib.import_module("jaxrobust.attacks.evaluate")
+    real = module.evaluate
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        report = real(*args, **kwargs)
+        result = report.to_dict()
+        # Timings are each process's own; everything else must agree across processes.
+        for k in ("timings", "compile_seconds"):
+            result.pop(k)
+        result["checks"].pop("total_seconds")
+        print("RESULT " + json.dumps(result), flush=True)
+        return report
+
+    module.evaluate = evaluate
+
+
+def _eval(run: str, out: str, port: str | None = None, process_id: str | None = None) -> int:
+    """`jaxrobust eval` of `run` into `out`: as process `process_id` of 2, or alone."""
+    from jaxrobust import cli
+
+    _report_eval_results()
+    args = ["eval", run, "--out", out, *EVAL_ARGS]
+    if port is not None:
+        args += ["--coordinator", f"localhost:{port}", "--num-processes", "2"]
+        args += ["--process-id", process_id]
+    return cli.main(args)
+
+
+def _train(mode: str, out: str, port: str | None = None, process_id: str | None = None) -> int:
+    """`jaxrobust train` as process `process_id` of 2 (crash or resume), or the reference."""
     from jaxrobust import cli
     from jaxrobust.config import apply_overrides, smoke_config
 
@@ -96,6 +141,12 @@ def main(mode: str, out: str, port: str | None = None, process_id: str | None = 
     except SimulatedCrash as e:
         print(f"CRASHED: {e}", flush=True)
         return 0
+
+
+def main(mode: str, *args: str) -> int:
+    if mode == "eval":
+        return _eval(*args)
+    return _train(mode, *args)
 
 
 if __name__ == "__main__":

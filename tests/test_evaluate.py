@@ -248,6 +248,18 @@ def test_bad_models_and_labels(model_and_data):
         evaluate(f, x + 2.0, y, jax.random.key(0), eps=0.1, attacks=FAST)
 
 
+def test_several_processes_need_a_batch_size_every_device_shares(model_and_data, monkeypatch):
+    """With several processes every device must take part (one process alone would compute
+    on arrays that span all of them): a batch size that the device count does not divide
+    is an error there, not a run on fewer devices. (tests/test_distributed.py runs
+    `evaluate` in two real processes.)"""
+    f, x, y = model_and_data
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    with pytest.raises(InputError, match="batch_size 30 is not a multiple of the 4 devices"):
+        evaluate(f, x, y, jax.random.key(0), eps=0.1, attacks=FAST, batch_size=30)
+
+
 @pytest.mark.slow
 def test_standard_suite_breaks_a_gradient_masked_model(model_and_data):
     """stop_gradient blinds APGD and FAB; the flags say so and Square still breaks it."""

@@ -8,6 +8,11 @@ still-unbroken points while an attack compiles at most 8 programs; ε is a trace
 so an ε sweep reuses them. Sanity checks after the cascade
 report the classic signs of an unreliable evaluation (Carlini et al. 2019; Athalye et
 al. 2018) as flags with explanations.
+
+Batches are sharded over all devices of all processes (multi-host: every process calls
+`evaluate` with the same arguments and data after
+`jaxrobust.parallel.initialize_distributed`); results come back replicated, so every
+process keeps the same books and returns the same report.
 """
 
 from __future__ import annotations
@@ -26,12 +31,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrobust.attacks.pgd import fgsm, pgd
 from jaxrobust.errors import InputError, check_batch, check_range
 from jaxrobust.losses import cross_entropy, margin
 from jaxrobust.optimize import Result
-from jaxrobust.parallel import data_mesh, replicate, shard_batch
+from jaxrobust.parallel import (
+    data_mesh,
+    is_primary,
+    local_copy,
+    process_allgather_json,
+    replicate,
+    shard_global_batch,
+)
 from jaxrobust.threat import ThreatModel, get_threat
 
 Array = jax.Array
@@ -247,14 +260,21 @@ def evaluate(
       eps: one ε > 0 or several (one pass per ε, compiled once).
       attacks: a suite name (`SUITES`) or a list of attack names (`ATTACKS`) and/or
         (name, attack_fn) pairs with attack_fn(logits_fn, x, y, key, threat) -> Result.
-      batch_size: the fixed attack batch (padded); a multiple of the device count shards it.
+      batch_size: the fixed attack batch (padded); a multiple of the device count shards it
+        (with several processes it must be one).
       checks: run the sanity checks (on the first `check_examples` examples).
       state_file: JSON file recording finished (ε, attack) steps; a rerun with the same
-        arguments resumes after the last finished step.
-      progress: optional callback receiving one line per finished step.
+        arguments resumes after the last finished step. With several processes, process 0
+        writes it and every process reads it (a file system they share).
+      progress: optional callback receiving one line per finished step (process 0 only).
 
     Returns:
       `EvalReport`.
+
+    Raises:
+      InputError: bad arguments or model outputs; with several processes, a batch_size that
+        is not a multiple of the device count, or a `state_file` that the processes read
+        differently.
     """
     t_start = time.perf_counter()
     x, y = np.asarray(x, np.float32), np.asarray(y)
@@ -276,7 +296,19 @@ def evaluate(
         else logits_fn
     )
     n = len(y)
+    if jax.process_count() > 1 and batch_size % jax.device_count():
+        # Fewer devices would leave whole processes out of every program (or, unsharded,
+        # each process would compute alone on arrays that span all of them).
+        raise InputError(
+            f"batch_size {batch_size} is not a multiple of the {jax.device_count()} devices of "
+            f"the {jax.process_count()} processes: every device takes part in a multi-process "
+            "evaluation; choose a multiple of the device count"
+        )
     mesh = data_mesh() if batch_size % jax.device_count() == 0 else None
+    # Every process passes the whole (same) x and y; each places its devices' slices.
+    # Replicated outputs: every process reads whole results (np.asarray) and so keeps the
+    # same books, chunks and state. Without a mesh nothing is placed (one process).
+    replicated_out = {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
     # A model that carries its weights as a pytree (a `jax.tree_util.Partial`, as
     # `as_logits_fn` and `TrainState.logits_fn` return) goes into every compiled program as
     # an argument: its weights are inputs, not constants, so the programs stay small and a
@@ -289,8 +321,15 @@ def evaluate(
     def bound(m: LogitsFn | None) -> LogitsFn:
         return model if m is None else m
 
-    logits_jit = jax.jit(lambda m, a: bound(m)(a))
-    probe = logits_jit(carried, jnp.asarray(x[: min(n, batch_size)]))
+    def place(t: Any) -> Any:
+        return jnp.asarray(t) if mesh is None else shard_global_batch(t, mesh)
+
+    def whole(t: Any) -> Any:
+        """`t` on every device of the mesh: inputs of any size (the probe, the checks)."""
+        return jnp.asarray(t) if mesh is None else replicate(t, mesh)
+
+    logits_jit = jax.jit(lambda m, a: bound(m)(a), **replicated_out)
+    probe = logits_jit(carried, whole(x[: min(n, batch_size)]))
     if probe.ndim != 2 or probe.shape[0] != min(n, batch_size):
         raise InputError(
             f"the model must return logits of shape (batch, num_classes), got {probe.shape} "
@@ -303,7 +342,6 @@ def evaluate(
             f"got [{y.min()}, {y.max()}]"
         )
 
-    place = (lambda t: shard_batch(t, mesh)) if mesh is not None else (lambda t: t)
     # Cascade stages shrink: chunk sizes are multiples of `granule` (divisible by the
     # device count when sharded), so later attacks run on smaller compiled batches.
     devices = jax.device_count() if mesh is not None else 1
@@ -312,7 +350,7 @@ def evaluate(
     clean = np.zeros(n, bool)
     for idx, count in _chunks(np.arange(n), batch_size, granule):
         # Host-side checks: eager jnp ops would each compile a tiny program per process.
-        z = np.asarray(logits_jit(carried, place(jnp.asarray(x[idx]))))
+        z = np.asarray(logits_jit(carried, place(x[idx])))
         if not np.all(np.isfinite(z)):
             raise InputError("the model returned non-finite logits (NaN or inf)")
         clean[idx[:count]] = (np.argmax(z, -1) == y[idx])[:count]
@@ -336,11 +374,21 @@ def evaluate(
                 return r.x_adv, jnp.argmax(f(r.x_adv), -1) != yb
 
             t0 = time.perf_counter()
-            compiled[cache_key] = jax.jit(run).lower(*args).compile()
+            compiled[cache_key] = jax.jit(run, **replicated_out).lower(*args).compile()
             compile_seconds += time.perf_counter() - t0
         return compiled[cache_key]
 
     state = _load_state(state_file, eps_list, [name for name, _ in suite], n)
+    if jax.process_count() > 1 and state_file is not None:
+        # Processes that resumed from different steps would run different programs and
+        # wait for each other forever: check that they all read the same state. (Each read
+        # it before this collective; process 0 writes it only after.)
+        seen = process_allgather_json({k: state[k] for k in ("done", "robust")})
+        if any(s != seen[0] for s in seen):
+            raise InputError(
+                f"the processes read different evaluation states from {state_file}: it must "
+                "lie on a file system that every process shares"
+            )
     robust_by_eps: dict[str, list[bool]] = state["robust"]
     per_attack: dict[str, list[float]] = {name: [] for name, _ in suite}
     timings = dict.fromkeys(per_attack, 0.0)
@@ -357,7 +405,7 @@ def evaluate(
             t0 = time.perf_counter()
             sizes = [int(k.rsplit("/", 1)[1]) for k in compiled if k.startswith(name + "/")]
             for idx, count in _chunks(np.flatnonzero(robust), batch_size, granule, sizes):
-                xb, yb = place(jnp.asarray(x[idx])), place(jnp.asarray(y[idx]))
+                xb, yb = place(x[idx]), place(y[idx])
                 args = (xb, yb, key, np.int32(ei), np.int32(idx[0]), np.float32(e), carried)
                 c0 = compile_seconds
                 xa, broke = attack_fn(name, fn, args)(*args)
@@ -376,9 +424,9 @@ def evaluate(
             state["done"][str(ei)] = ai
             state["per_attack"].setdefault(name, [None] * len(eps_list))[ei] = float(robust.mean())
             state["timings"] = timings
-            if state_file is not None:
+            if state_file is not None and is_primary():
                 _atomic_write(Path(state_file), state)
-            if progress is not None:
+            if progress is not None and is_primary():
                 progress(f"eps={e:g} {name}: robust accuracy {robust.mean():.4f}")
         robust_by_eps[str(ei)] = robust.tolist()
     robust_acc = [float(np.mean(robust_by_eps[str(i)])) for i in range(len(eps_list))]
@@ -413,7 +461,19 @@ def evaluate(
         )
     if checks:
         _sanity_checks(
-            report, logits_fn, model, carried, x, y, key, threat, lo, hi, check_examples, randomised
+            report,
+            logits_fn,
+            model,
+            carried,
+            whole,
+            x,
+            y,
+            key,
+            threat,
+            lo,
+            hi,
+            check_examples,
+            randomised,
         )
     report.checks["total_seconds"] = time.perf_counter() - t_start
     return report
@@ -477,10 +537,12 @@ def _load_state(path, eps_list, names, n) -> dict:
 
 
 def _sanity_checks(
-    report, raw_fn, model, carried, x, y, key, threat, lo, hi, m, randomised
+    report, raw_fn, model, carried, whole, x, y, key, threat, lo, hi, m, randomised
 ) -> None:
+    """Append flags and numbers to `report`. `whole` places the check inputs (any number)
+    on every device of the mesh, so the checks' outputs are readable in every process."""
     flags, checks = report.flags, report.checks
-    xs, ys = jnp.asarray(x[:m]), jnp.asarray(y[:m])
+    xs, ys = whole(x[:m]), whole(y[:m])
     dim = int(np.prod(x.shape[1:]))
 
     # 1. Accuracy must not rise with ε.
@@ -515,7 +577,7 @@ def _sanity_checks(
 
         return jnp.stack([accuracy(fn, e) for fn, e in check_attacks])
 
-    accuracies = jax.jit(robust_accuracies)(xs, ys, carried)
+    accuracies = np.asarray(jax.jit(robust_accuracies)(xs, ys, carried))
     large, pgd10, pgd100, single = (float(v) for v in accuracies)
 
     # 2. At an ε that covers the whole input box accuracy must be ~0.
@@ -599,7 +661,11 @@ def _sanity_checks(
         )
     # 7. Non-deterministic logits.
     if not randomised:
-        a, b = np.asarray(raw_fn(xs)), np.asarray(raw_fn(xs))
+        # Eagerly, on this process's copy of the weights: op-by-op programs on arrays that
+        # span processes would each be a collective. (With one process local_copy changes
+        # nothing.)
+        local_fn, xl = local_copy(raw_fn), jnp.asarray(x[:m])
+        a, b = np.asarray(local_fn(xl)), np.asarray(local_fn(xl))
         if not np.array_equal(a, b):
             flags.append(
                 Flag(
