@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from jaxrobust.errors import JaxRobustError
 
@@ -66,7 +67,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from jaxrobust import report
     from jaxrobust.attacks.evaluate import evaluate
-    from jaxrobust.data import load_split
     from jaxrobust.parallel import is_primary
     from jaxrobust.train.loop import restore_run
 
@@ -77,7 +77,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     primary = is_primary()
     run, state, _ = restore_run(args.run_dir, best=args.best)
     cfg = run.cfg
-    x, y = load_split(cfg.dataset, args.split, data_dir=run.data_dir, limit=args.limit)
+    x, y = _load_split_of_run(run, args.split, args.limit)
     threat = args.threat or cfg.eval.threat or cfg.threat
     eps_list = args.eps if args.eps else [float(e) for e in cfg.eval.eps_list]
     attacked = [e for e in eps_list if e != 0]  # ε = 0 is the clean accuracy
@@ -139,17 +139,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_split_of_run(run: Any, split: str, limit: int | None) -> tuple[Any, Any]:
+    """(x, y) of `split` as the run saw it: "train" without the held-out validation tail,
+    "validation" that tail, any other name the dataset's split of that name."""
+    from jaxrobust.data import load_split
+    from jaxrobust.errors import ConfigError
+
+    records = None
+    if split == "train":
+        records = run.train_records
+    elif split == "validation":
+        if not len(run.validation_records):
+            raise ConfigError(
+                "--split validation: this run held out no validation examples "
+                "(validation.examples = 0)"
+            )
+        split, records = "train", run.validation_records
+    return load_split(run.cfg.dataset, split, data_dir=run.data_dir, limit=limit, records=records)
+
+
 def _cmd_attack(args: argparse.Namespace) -> int:
     import numpy as np
 
     from jaxrobust import report
-    from jaxrobust.data import load_split
     from jaxrobust.threat import get_threat
     from jaxrobust.train.loop import restore_run, save_adversarial_grid
 
     run, state, _ = restore_run(args.run_dir, best=args.best)
     cfg = run.cfg
-    x, y = load_split(cfg.dataset, args.split, data_dir=run.data_dir, limit=args.num)
+    x, y = _load_split_of_run(run, args.split, args.num)
     threat_name = args.threat or cfg.eval.threat or cfg.threat
     eps = cfg.eps if args.eps is None else args.eps
     threat = get_threat(threat_name, eps)
@@ -224,7 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run_dir", help="a directory written by `jaxrobust train`")
         p.add_argument("--best", action="store_true", help="use the best checkpoint")
         p.add_argument("--threat", choices=("linf", "l2", "l1"), help="default: the run's")
-        p.add_argument("--split", default="test")
+        p.add_argument(
+            "--split",
+            default="test",
+            help="test (default), train (without held-out records) or validation (them)",
+        )
         p.add_argument("--out", help=f"output directory (default: RUN_DIR/{name})")
         p.set_defaults(fn=fn)
         if name == "eval":

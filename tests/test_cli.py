@@ -144,3 +144,21 @@ def test_train_other_objectives(objective, tmp_path):
         # The catastrophic-overfitting check ran (a PGD accuracy on a training batch).
         assert 0.0 <= m["history"][0]["co_check_robust_accuracy"] <= 1.0
         assert m["catastrophic_overfitting"] is None
+
+
+def test_eval_splits_respect_the_validation_hold_out(tmp_path, capsys):
+    run = tmp_path / "run"
+    hold = ["--set", "validation.examples=100", "--set", "epochs=1"]
+    assert main(["train", *FAST, *hold, "--out", str(run)]) == 0
+    args = ["eval", str(run), "--eps", "0.1", "--attacks", "fgsm", "--no-checks"]
+    sizes = {}
+    for split in ("train", "validation", "test"):
+        out = tmp_path / split
+        assert main([*args, "--split", split, "--out", str(out)]) == 0
+        sizes[split] = json.loads((out / "metrics.json").read_text())["num_examples"]
+    assert sizes == {"train": 1437 - 100, "validation": 100, "test": 360}
+    # A run without a hold-out has no validation split.
+    bare = tmp_path / "bare"
+    assert main(["train", *FAST, "--set", "epochs=1", "--out", str(bare)]) == 0
+    assert main(["eval", str(bare), "--split", "validation", "--attacks", "fgsm"]) == 2
+    assert "held out no validation examples" in capsys.readouterr().err
