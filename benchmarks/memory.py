@@ -155,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:16s} peak {r['peak_bytes'] / MiB:8.1f} MiB")
     if HAVE_TORCH:
         print(f"jaxrobust / PyTorch: {payload['ratio_jax_over_torch']:.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(_markdown(payload))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _report import write_report
+
+    write_report(args.out, payload, _markdown(payload))
     print(f"-> {args.out}")
     return 0
 

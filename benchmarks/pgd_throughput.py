@@ -58,6 +58,7 @@ from jaxrobust.parallel import data_mesh_for_batch, replicate, shard_batch, use_
 from jaxrobust.train import TrainState, make_train_step, pgd_at
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_report
 
 HAVE_PEERS = all(importlib.util.find_spec(m) for m in ("torch", "torchattacks"))
 
@@ -420,11 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [n for n in names if n in ("mlp", "preact_resnet18")]:
         payload["train"].append(bench_train(name, specs[name], args.repeats))
         print(json.dumps(payload["train"][-1]["results"]), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    out.with_suffix(".md").write_text(_markdown(payload))
-    _plot(payload, out.with_suffix(".png"))
+    write_report(args.out, payload, _markdown(payload), _plot)
     print(_markdown(payload))
     return 0
 

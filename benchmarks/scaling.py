@@ -59,6 +59,7 @@ import numpy as np
 from jaxrobust.parallel import data_mesh, replicate, shard_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_report  # a sibling module: importable once its folder is on the path
 from pgd_throughput import (  # a sibling script: importable once its folder is on the path
     HAVE_PEERS,
     MODELS,
@@ -453,11 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     payload["device_scaling"] = bench_devices(names, args.quick, args.steps, args.repeats)
     payload["wall_seconds"] = time.perf_counter() - t_start
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    out.with_suffix(".md").write_text(_markdown(payload))
-    _plot(payload, out.with_suffix(".png"))
+    write_report(args.out, payload, _markdown(payload), _plot)
     print(_markdown(payload))
     return 0
 
