@@ -463,7 +463,7 @@ def evaluate(
         _sanity_checks(
             report,
             logits_fn,
-            model,
+            bound,
             carried,
             whole,
             x,
@@ -537,10 +537,11 @@ def _load_state(path, eps_list, names, n) -> dict:
 
 
 def _sanity_checks(
-    report, raw_fn, model, carried, whole, x, y, key, threat, lo, hi, m, randomised
+    report, raw_fn, bound, carried, whole, x, y, key, threat, lo, hi, m, randomised
 ) -> None:
-    """Append flags and numbers to `report`. `whole` places the check inputs (any number)
-    on every device of the mesh, so the checks' outputs are readable in every process."""
+    """Append flags and numbers to `report`. `bound(carried)` is the attacked model (as in
+    `evaluate`'s programs); `whole` places the check inputs (any number) on every device
+    of the mesh, so the checks' outputs are readable in every process."""
     flags, checks = report.flags, report.checks
     xs, ys = whole(x[:m]), whole(y[:m])
     dim = int(np.prod(x.shape[1:]))
@@ -568,7 +569,7 @@ def _sanity_checks(
     )
 
     def robust_accuracies(a, b, carried_model):
-        f = model if carried_model is None else carried_model
+        f = bound(carried_model)
         clean_ok = jnp.argmax(f(a), -1) == b
 
         def accuracy(fn, e):
@@ -643,7 +644,7 @@ def _sanity_checks(
 
     # 6. Zero or vanishing input gradients.
     def loss(a, carried_model):
-        f = model if carried_model is None else carried_model
+        f = bound(carried_model)
         return jnp.sum(cross_entropy(f(a), ys))
 
     grads = jax.jit(jax.grad(loss))(xs, carried)
