@@ -31,8 +31,14 @@ Array = jax.Array
 WIDE = 1e6
 
 
-def parse_args(name: str, argv: Sequence[str] | None, doc: str | None) -> argparse.Namespace:
-    """The common command line: --smoke, --out (default runs/experiments/NAME), --seed."""
+def parse_args(
+    name: str,
+    argv: Sequence[str] | None,
+    doc: str | None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """The common command line: --smoke, --out (default runs/experiments/NAME), --seed,
+    plus whatever `extra(parser)` adds (an experiment's own options)."""
     parser = argparse.ArgumentParser(
         prog=f"jaxrobust experiment {name}",
         description=(doc or "").split("\n\n")[0],
@@ -40,6 +46,8 @@ def parse_args(name: str, argv: Sequence[str] | None, doc: str | None) -> argpar
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run (tests, CI)")
     parser.add_argument("--out", default=f"runs/experiments/{name}", help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed")
+    if extra is not None:
+        extra(parser)
     return parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
 
 

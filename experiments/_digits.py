@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -55,17 +54,13 @@ def parse_args(name: str, argv: Sequence[str] | None, doc: str | None) -> argpar
     results in NAME.json; --part digits writes only NAME_digits.json and its PNGs, so the
     synthetic results in the same folder stay as they were; --part synthetic skips digits.
     """
-    parser = argparse.ArgumentParser(
-        prog=f"jaxrobust experiment {name}",
-        description=(doc or "").split("\n\n")[0],
-    )
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long run (tests, CI)")
-    parser.add_argument("--out", default=f"runs/experiments/{name}", help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed")
-    parser.add_argument(
-        "--part", choices=PARTS, default="all", help="which part to run (default: all)"
-    )
-    return parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
+
+    def part(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--part", choices=PARTS, default="all", help="which part to run (default: all)"
+        )
+
+    return C.parse_args(name, argv, doc, extra=part)
 
 
 def write(out: Path, name: str, data: dict, t0: float, lines: Sequence[str]) -> Path:
