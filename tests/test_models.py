@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxrobust.errors import ConfigError, InputError
 from jaxrobust.models import (
@@ -23,6 +25,7 @@ from jaxrobust.models import (
     model_kwargs,
     normalize,
 )
+from jaxrobust.models.layers import GEMM_MAX_POSITIONS, Conv, conv_as_gemm
 
 # An "rbg" key: XLA:CPU compiles threefry-based parameter init ~3x slower (seconds per model),
 # which dominates this file's runtime. Results do not depend on the generator.
@@ -166,6 +169,97 @@ def test_max_pool_jits_and_vmaps():
     x = jax.random.normal(jax.random.key(7), (3, 2, 6, 6, 1))
     np.testing.assert_array_equal(jax.jit(max_pool_2x2)(x[0]), max_pool_2x2(x[0]))
     np.testing.assert_array_equal(jax.vmap(max_pool_2x2)(x), max_pool_2x2(x))
+
+
+# --- Conv / conv_as_gemm ------------------------------------------------------------------
+
+
+def _xla_conv(x, w, strides, padding):
+    dims = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dims)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    size=st.tuples(st.integers(3, 7), st.integers(3, 7)),
+    channels=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.sampled_from(["SAME", "VALID", ((1, 1), (0, 2)), ((2, 0), (1, 1))]),
+    seed=st.integers(0, 2**16),
+)
+def test_conv_as_gemm_equals_xla_convolution(kernel, strides, size, channels, padding, seed):
+    """Values and both gradients (input and kernel) of the GEMM form equal XLA's conv."""
+    kx, kw = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, (2, *size, channels[0]))
+    w = jax.random.normal(kw, (*kernel, *channels))
+
+    @jax.jit  # one program per example: compiling op by op would dominate the test
+    def outputs_and_grads(x, w):
+        out = []
+        for conv in (conv_as_gemm, _xla_conv):
+            y, vjp = jax.vjp(lambda x, w, conv=conv: conv(x, w, strides, padding), x, w)
+            out.append((y, *vjp(jnp.cos(y))))
+        return out
+
+    gemm, ref = outputs_and_grads(x, w)
+    assert gemm[0].shape == ref[0].shape
+    for a, b in zip(gemm, ref, strict=True):  # output, input gradient, kernel gradient
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel, strides, padding",
+    [((3, 3), (1, 1), "SAME"), ((3, 3), (2, 2), ((1, 1), (1, 1))), ((1, 1), (2, 2), "VALID")],
+)
+def test_conv_is_nn_conv_with_the_same_parameters(kernel, strides, padding):
+    """Same parameter tree and initial values as flax's nn.Conv, and the same function
+    (every formulation), with any number of leading batch dimensions or none."""
+    x = _uniform(KEY, (2, 3, 6, 6, 4))
+    ref = nn.Conv(5, kernel, strides, padding)
+    variables = ref.init(KEY, x)
+    y_ref = ref.apply(variables, x)
+    for impl in ("auto", "xla", "gemm"):
+        layer = Conv(5, kernel, strides, padding, impl=impl)
+        assert jax.tree.map(jnp.shape, layer.init(KEY, x)) == jax.tree.map(jnp.shape, variables)
+        jax.tree.map(np.testing.assert_array_equal, layer.init(KEY, x), variables)
+        np.testing.assert_allclose(layer.apply(variables, x), y_ref, atol=1e-5)
+        np.testing.assert_allclose(layer.apply(variables, x[0, 0]), y_ref[0, 0], atol=1e-5)
+        jitted = jax.jit(layer.apply)(variables, x)
+        np.testing.assert_allclose(jitted, layer.apply(variables, x), atol=1e-6)
+        vmapped = jax.vmap(layer.apply, in_axes=(None, 0))(variables, x)
+        np.testing.assert_allclose(vmapped, y_ref, atol=1e-5)
+
+
+def _uses_xla_conv(layer, x):
+    variables = layer.init(KEY, x)
+    return "conv_general_dilated" in str(jax.make_jaxpr(layer.apply)(variables, x))
+
+
+def test_conv_auto_picks_gemm_for_1x1_and_small_outputs_on_cpu():
+    side = int(GEMM_MAX_POSITIONS**0.5)  # 4: a 4x4 output is the largest GEMM one
+    assert not _uses_xla_conv(Conv(8, (3, 3)), jnp.ones((2, side, side, 8)))
+    assert not _uses_xla_conv(Conv(8, (3, 3), (2, 2)), jnp.ones((2, 2 * side, 2 * side, 8)))
+    assert not _uses_xla_conv(Conv(8, (1, 1)), jnp.ones((2, 32, 32, 8)))
+    assert _uses_xla_conv(Conv(8, (3, 3)), jnp.ones((2, side + 1, side, 8)))
+    assert _uses_xla_conv(Conv(8, (1, 1), impl="xla"), jnp.ones((2, 4, 4, 8)))
+    assert not _uses_xla_conv(Conv(8, (5, 5), impl="gemm"), jnp.ones((2, 9, 9, 8)))
+
+
+def test_conv_bad_input_errors():
+    x = jnp.ones((2, 4, 4, 3))
+    with pytest.raises(ValueError, match="impl"):
+        Conv(4, (3, 3), impl="winograd").init(KEY, x)
+    with pytest.raises(ValueError, match=r"\(\.\.\., H, W, C\)"):
+        Conv(4, (3, 3)).init(KEY, jnp.ones((4, 3)))
+    with pytest.raises(ValueError, match="padding"):
+        Conv(4, (3, 3), padding="FULL").init(KEY, x)
+    with pytest.raises(ValueError, match="padding"):
+        Conv(4, (3, 3), padding=((1, -1), (1, 1))).init(KEY, x)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        conv_as_gemm(x, jnp.ones((5, 5, 3, 4)))
+    with pytest.raises(ValueError, match="kernel"):
+        conv_as_gemm(x, jnp.ones((3, 3, 2, 4)))
 
 
 # --- adapters ---------------------------------------------------------------------------------

@@ -1,15 +1,19 @@
-"""Shared building blocks: in-model normalisation and a fast 2x2 max-pool.
+"""Shared building blocks: in-model normalisation, a fast 2x2 max-pool and a convolution
+that picks the fastest formulation for its shape on the backend.
 
 Layout is NHWC throughout (batch, height, width, channels).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
+from jax import Array, lax
 
 from jaxrobust.errors import ConfigError
 
@@ -74,3 +78,130 @@ def max_pool_2x2(x: Array) -> Array:
     x = x.reshape(*lead, h // 2, 2, w // 2, 2, c)
     nd = len(lead)
     return jnp.max(x, axis=(nd + 1, nd + 3))
+
+
+Padding = str | Sequence[tuple[int, int]]
+ConvImpl = Literal["auto", "xla", "gemm"]
+
+# Output positions per image at or below which `Conv`'s "auto" mode uses the GEMM form on
+# CPU. Measured on XLA:CPU (2 cores, float32, forward + input gradient, batch 32 over one
+# device per core; benchmarks/kernels.py): PreActResNet-18's 3x3 512->512 convolution at
+# 4x4 takes 28 ms as XLA's direct convolution and 18 ms as a GEMM, its 3x3/2 256->512 one
+# (output 4x4) 12 vs 9.5 ms; at 16x16 and 32x32 the direct convolution wins (18 vs 24 and
+# 17 vs 62 ms), at 8x8 neither does clearly.
+GEMM_MAX_POSITIONS = 16
+
+
+def conv_padding(
+    spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int], padding: Padding
+) -> list[tuple[int, int]]:
+    """Explicit ((top, bottom), (left, right)) padding for "SAME", "VALID" or explicit pairs."""
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"padding must be 'SAME', 'VALID' or pairs of ints, got {padding!r}")
+        return list(lax.padtype_to_pads(tuple(spatial), tuple(kernel), tuple(strides), padding))
+    pads = [tuple(int(v) for v in p) for p in padding]
+    if len(pads) != 2 or any(len(p) != 2 or min(p) < 0 for p in pads):
+        raise ValueError(f"padding must be two (low, high) pairs of ints >= 0, got {padding!r}")
+    return pads
+
+
+def conv_as_gemm(
+    x: Array, kernel: Array, strides: Sequence[int] = (1, 1), padding: Padding = "VALID"
+) -> Array:
+    """A 2-D cross-correlation written as one matrix product over gathered patches (im2col).
+
+    The same function as `lax.conv_general_dilated(x, kernel, strides, padding)` in
+    NHWC/HWIO layout (equal up to float32 summation order), built from a pad, strided slices
+    and a `dot`, so XLA runs it, and its gradients, as GEMMs. On XLA:CPU this beats the
+    direct convolution on small outputs with many channels (see `GEMM_MAX_POSITIONS`); on
+    large feature maps the patch matrix (kh*kw/(sh*sw) times the input) costs more than it
+    saves. A 1x1 convolution is a plain matrix product with no patch matrix at all.
+
+    Args:
+      x: (B, H, W, C) inputs.
+      kernel: (kh, kw, C, O) weights.
+      strides: (sh, sw).
+      padding: "SAME", "VALID" or ((top, bottom), (left, right)).
+    Returns:
+      (B, Ho, Wo, O), Ho = (H + top + bottom - kh) // sh + 1 (likewise Wo).
+    """
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[-1]:
+        raise ValueError(
+            f"conv_as_gemm expects x (B, H, W, C) and kernel (kh, kw, C, O), got {x.shape} "
+            f"and {kernel.shape}"
+        )
+    kh, kw, c, o = kernel.shape
+    sh, sw = strides
+    (pt, pb), (pl, pr) = conv_padding(x.shape[1:3], (kh, kw), strides, padding)
+    if pt or pb or pl or pr:
+        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    b, h, w, _ = x.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"kernel {kernel.shape[:2]} is larger than the padded input {(h, w)}")
+    taps = [
+        x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    # Patch channels are ordered (tap row, tap column, C): kernel.reshape(kh * kw * C, O).
+    y = patches.reshape(b * ho * wo, kh * kw * c) @ kernel.reshape(kh * kw * c, o)
+    return y.reshape(b, ho, wo, o)
+
+
+class Conv(nn.Module):
+    """A 2-D convolution (NHWC, HWIO kernel) that runs as the backend's fastest formulation.
+
+    Parameters are `kernel` (kh, kw, C, features) and, with `use_bias`, `bias` (features,),
+    initialised like `flax.linen.Conv`'s: the same parameter tree, so checkpoints and
+    PyTorch weight maps are shared. `impl` picks the formulation: "xla" (XLA's convolution),
+    "gemm" (`conv_as_gemm`), or "auto": on CPU the GEMM for 1x1 kernels and for outputs of
+    at most `GEMM_MAX_POSITIONS` positions per image, XLA's convolution otherwise and on
+    every other backend (cuDNN and the TPU convolution units need no help).
+
+    `Conv(features, kernel_size, strides=1, padding="SAME")(x)`: (..., H, W, C) -> (..., Ho,
+    Wo, features), any number of leading batch dimensions (or none).
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: Padding = "SAME"
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+    impl: ConvImpl = "auto"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if x.ndim < 3:
+            raise ValueError(f"Conv expects (..., H, W, C) inputs, got shape {x.shape}")
+        lead = x.shape[:-3]  # like nn.Conv: any number of batch dimensions, or none
+        x = x.reshape(-1, *x.shape[-3:])
+        kh, kw = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
+        pads = conv_padding(x.shape[1:3], (kh, kw), self.strides, self.padding)
+        if self._use_gemm(x.shape, pads):
+            y = conv_as_gemm(x, kernel, self.strides, pads)
+        else:
+            y = lax.conv_general_dilated(
+                x, kernel, self.strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,))
+        return y.reshape(*lead, *y.shape[1:])
+
+    def _use_gemm(self, shape: tuple[int, ...], pads: list[tuple[int, int]]) -> bool:
+        if self.impl not in ("auto", "xla", "gemm"):
+            raise ValueError(f"Conv impl must be 'auto', 'xla' or 'gemm', got {self.impl!r}")
+        if self.impl != "auto":
+            return self.impl == "gemm"
+        if jax.default_backend() != "cpu":
+            return False
+        if tuple(self.kernel_size) == (1, 1):
+            return True
+        sizes = zip(shape[1:3], pads, self.kernel_size, self.strides, strict=True)
+        ho, wo = ((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in sizes)
+        return ho * wo <= GEMM_MAX_POSITIONS
