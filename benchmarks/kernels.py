@@ -20,10 +20,19 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+from jaxrobust.models.layers import Conv
+from jaxrobust.parallel import (
+    data_mesh_for_batch,
+    replicate,
+    shard_batch,
+    use_cpu_cores_as_devices,
+)
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 # (kernel size, spatial size, in channels, out channels), batch 128, SAME padding.
@@ -70,19 +79,30 @@ def _jax(fn, *args):
 def _resnet_convs(repeats: int) -> dict:
     """Milliseconds of every PreActResNet-18 convolution, per layer and summed over the
     network (times its count): forward + input gradient (`*_ms`, the convolution share of a
-    PGD step) and forward + input and weight gradients (`*_train_ms`, of a training step)."""
+    PGD step) and forward + input and weight gradients (`*_train_ms`, of a training step).
+
+    JAX columns: XLA's convolution on one device (`jax_*`), and sharded over one device per
+    core as the `jaxrobust` commands and the PGD benchmark run it, both as XLA's
+    convolution (`jax_per_core_*`) and as the formulation the model's `layers.Conv` picks
+    for the layer (`jax_model_*`: `conv_as_gemm` for 1x1 kernels and small outputs)."""
     rows = []
-    totals = {"jax_ms": 0.0, "torch_ms": 0.0, "jax_train_ms": 0.0, "torch_train_ms": 0.0}
+    columns = ("jax", "jax_per_core", "jax_model", "torch")
+    totals = {f"{c}{t}": 0.0 for c in columns for t in ("_ms", "_train_ms")}
+    mesh = data_mesh_for_batch(RESNET_BATCH)
     for name, (k, hw, cin, cout, stride, pad, count) in RESNET_CONVS.items():
         x = jnp.ones((RESNET_BATCH, hw, hw, cin), jnp.float32)
         w = jnp.ones((k, k, cin, cout), jnp.float32)
+        padding = ((pad, pad), (pad, pad))
+        layer = Conv(cout, (k, k), (stride, stride), padding, use_bias=False)
 
-        def conv(x, w, stride=stride, pad=pad):
+        def conv(x, w, stride=stride, padding=padding):
             dims = ("NHWC", "HWIO", "NHWC")
-            padding = ((pad, pad), (pad, pad))
             return jax.lax.conv_general_dilated(
                 x, w, (stride, stride), padding, dimension_numbers=dims
             )
+
+        def model_conv(x, w, layer=layer):
+            return layer.apply({"params": {"kernel": w}}, x)
 
         def input_grad(x, w, conv=conv):
             return jax.grad(lambda v: jnp.sum(conv(v, w) ** 2))(x)
@@ -93,11 +113,21 @@ def _resnet_convs(repeats: int) -> dict:
         out_hw = (hw + 2 * pad - k) // stride + 1
         gflop = 2 * 2 * RESNET_BATCH * out_hw**2 * cin * cout * k * k / 1e9  # fwd + grad
         row = {"kernel": name, "count": count, "gflop_fwd_and_input_grad": gflop}
-        row["jax_ms"] = 1e3 * _median_seconds(_jax(input_grad, x, w), repeats)
-        row["jax_gflops"] = gflop / row["jax_ms"] * 1e3
-        row["jax_train_ms"] = 1e3 * _median_seconds(_jax(both_grads, x, w), repeats)
-        totals["jax_ms"] += count * row["jax_ms"]
-        totals["jax_train_ms"] += count * row["jax_train_ms"]
+        row["model_formulation"] = "gemm" if layer._use_gemm(x.shape, padding) else "xla"
+        xs, ws = shard_batch(x, mesh), replicate(w, mesh)
+        for key, conv_fn, args in (
+            ("jax", conv, (x, w)),
+            ("jax_per_core", conv, (xs, ws)),
+            ("jax_model", model_conv, (xs, ws)),
+        ):
+            ms, train_ms = (
+                1e3 * _median_seconds(_jax(partial(fn, conv=conv_fn), *args), repeats)
+                for fn in (input_grad, both_grads)
+            )
+            row[f"{key}_ms"], row[f"{key}_train_ms"] = ms, train_ms
+            row[f"{key}_gflops"] = gflop / ms * 1e3
+            totals[f"{key}_ms"] += count * ms
+            totals[f"{key}_train_ms"] += count * train_ms
         if HAVE_TORCH:
             import torch
 
@@ -119,6 +149,7 @@ def _resnet_convs(repeats: int) -> dict:
             totals["torch_train_ms"] += count * row["torch_train_ms"]
             row["torch_gflops"] = gflop / row["torch_ms"] * 1e3
             row["jax_over_torch_time"] = row["jax_ms"] / row["torch_ms"]
+            row["jax_model_over_torch_time"] = row["jax_model_ms"] / row["torch_ms"]
             totals["torch_ms"] += count * row["torch_ms"]
         rows.append(row)
     return {"batch": RESNET_BATCH, "rows": rows, **{f"total_{k}": v for k, v in totals.items()}}
@@ -131,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=f"benchmarks/results/{time.strftime('%Y-%m-%d')}-kernels.json"
     )
     args = parser.parse_args(argv)
+    # One CPU device per core (for the per-core columns); single-device rows use device 0,
+    # whose programs still run on every core's thread.
+    use_cpu_cores_as_devices()
     rows = []
     n = 2048
     a = jnp.ones((n, n), jnp.float32)
