@@ -322,6 +322,79 @@ def bench_train(key: str, spec, repeats: int) -> dict:
     return out
 
 
+def _main_ratio(row: dict) -> tuple[str, float] | None:
+    """(label, ratio) of the row's sharded jaxrobust contender, if a peer was measured."""
+    ratios = row.get("ratio_vs_best_peer", row.get("ratio_vs_pytorch", {}))
+    label = "jaxrobust train step" if "attack_steps" in row else "jaxrobust pgd"
+    return (label, ratios[label]) if label in ratios else None
+
+
+def _bounds(payload: dict, kernels: dict | None) -> list[str]:
+    """For every workload below 1.0x of its best peer: the kernel that bounds it, with its
+    measured GFLOP/s against the machine's matrix-product peak, from benchmarks/kernels.py.
+
+    MLP: the matrix product itself. Madry CNN: its slowest convolution relative to PyTorch.
+    PreActResNet-18: the layer that loses most time to PyTorch summed over the network, as
+    the model runs it (`jax_model_*` columns), forward + input gradient for PGD and with
+    weight gradients for the training step.
+    """
+    slow = [
+        (row, *main)
+        for row in payload["pgd"] + payload["train"]
+        if (main := _main_ratio(row)) is not None and main[1] < 1.0
+    ]
+    if not slow:
+        return []
+    if kernels is None:
+        return ["- rows below 1.0×, but no kernels report to name their bound (run kernels.py)"]
+    peak = kernels["rows"][0]
+    lines = [
+        f"- machine peak (from `{kernels['path']}`): {peak['kernel']} "
+        f"{peak['jax_gflops']:.0f} GFLOP/s JAX, {peak.get('torch_gflops', float('nan')):.0f} "
+        "PyTorch"
+    ]
+    for row, _, ratio in slow:
+        what = f"{row['model']} {'AT step' if 'attack_steps' in row else 'PGD'} ({ratio:.2f}×)"
+        if row["model"] == "mlp":
+            lines.append(f"- {what}: bounded by the matrix product above")
+        elif row["model"] == "madry_cnn":
+            convs = [r for r in kernels["rows"] if r["kernel"].startswith("madry_cnn")]
+            worst = min(
+                convs, key=lambda r: r["jax_input_grad_gflops"] / r["torch_input_grad_gflops"]
+            )
+            lines.append(
+                f"- {what}: {worst['kernel']}, forward + input gradient "
+                f"{worst['jax_input_grad_gflops']:.0f} GFLOP/s vs PyTorch "
+                f"{worst['torch_input_grad_gflops']:.0f}"
+            )
+        elif row["model"] == "preact_resnet18":
+            res = kernels["preact_resnet18_convs"]
+            train = "attack_steps" in row
+            key = "train_ms" if train else "ms"
+            worst = max(
+                res["rows"], key=lambda r: r["count"] * (r[f"jax_model_{key}"] - r[f"torch_{key}"])
+            )
+            ms, torch_ms = worst[f"jax_model_{key}"], worst[f"torch_{key}"]
+            # forward + input gradient = 2 convolutions' FLOPs; weight gradients add a third
+            gflop = worst["gflop_fwd_and_input_grad"] * (1.5 if train else 1.0)
+            passes = "forward + both gradients" if train else "forward + input gradient"
+            lines.append(
+                f"- {what}: {worst['kernel']} (×{worst['count']}, as "
+                f"{worst['model_formulation']}), {passes} {ms:.1f} ms = "
+                f"{gflop / ms * 1e3:.0f} GFLOP/s vs PyTorch {torch_ms:.1f} ms; all convolutions "
+                f"{res[f'total_jax_model_{key}']:.0f} vs {res[f'total_torch_{key}']:.0f} ms"
+            )
+    return lines
+
+
+def _latest_kernels_report(out: str) -> dict | None:
+    """The newest `*-kernels.json` beside the report (benchmarks/kernels.py), if any."""
+    found = sorted(Path(out).parent.glob("*-kernels.json"))
+    if not found:
+        return None
+    return {**json.loads(found[-1].read_text()), "path": found[-1].name}
+
+
 def _markdown(payload: dict) -> str:
     lines = [
         f"# PGD throughput, {payload['date']} ({payload['machine']})",
@@ -362,6 +435,8 @@ def _markdown(payload: dict) -> str:
                     f"({c['max_abs_diff_over_eps']:.2f} ε), coordinates differing "
                     f"{100 * c['frac_coords_differ']:.4f}%"
                 )
+    if payload.get("bounds"):
+        lines += ["", "What bounds the workloads below 1.0×:", "", *payload["bounds"]]
     return "\n".join(lines) + "\n"
 
 
@@ -421,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [n for n in names if n in ("mlp", "preact_resnet18")]:
         payload["train"].append(bench_train(name, specs[name], args.repeats))
         print(json.dumps(payload["train"][-1]["results"]), flush=True)
+    payload["bounds"] = _bounds(payload, _latest_kernels_report(args.out))
     write_report(args.out, payload, _markdown(payload), _plot)
     print(_markdown(payload))
     return 0

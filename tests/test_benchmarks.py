@@ -36,6 +36,59 @@ def test_pgd_throughput_quick(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_pgd_throughput_names_the_bound_of_rows_below_peer():
+    """A workload below 1.0x gets its bounding kernel from the kernels report; none else."""
+    bench = _load("pgd_throughput")
+    resnet_conv = {
+        "count": 4, "model_formulation": "xla", "gflop_fwd_and_input_grad": 2.0,
+        "jax_model_ms": 20.0, "torch_ms": 10.0, "jax_model_train_ms": 30.0, "torch_train_ms": 15.0,
+    }  # fmt: skip
+    kernels = {
+        "path": "DATE-kernels.json",
+        "rows": [
+            {"kernel": "matmul 2048x2048", "jax_gflops": 300.0, "torch_gflops": 380.0},
+            {
+                "kernel": "madry_cnn conv2",
+                "jax_input_grad_gflops": 100.0,
+                "torch_input_grad_gflops": 200.0,
+            },
+        ],
+        "preact_resnet18_convs": {
+            "rows": [
+                {**resnet_conv, "kernel": "3x3 32x32 64->64"},
+                {**resnet_conv, "kernel": "3x3 4x4 512->512", "count": 1},
+            ],
+            "total_jax_model_ms": 300.0,
+            "total_torch_ms": 250.0,
+            "total_jax_model_train_ms": 550.0,
+            "total_torch_train_ms": 380.0,
+        },
+    }
+    payload = {
+        "pgd": [
+            {"model": "mlp", "ratio_vs_best_peer": {"jaxrobust pgd": 1.5}},
+            {"model": "madry_cnn", "ratio_vs_best_peer": {"jaxrobust pgd": 0.9}},
+        ],
+        "train": [
+            {
+                "model": "preact_resnet18",
+                "attack_steps": 7,
+                "ratio_vs_pytorch": {"jaxrobust train step": 0.97},
+            },
+        ],
+    }
+    lines = bench._bounds(payload, kernels)
+    assert lines[0].startswith("- machine peak") and "300 GFLOP/s" in lines[0]
+    assert not any(line.startswith("- mlp") for line in lines)  # 1.5x: nothing to explain
+    assert any("madry_cnn PGD (0.90×): madry_cnn conv2" in line for line in lines)
+    (resnet,) = [line for line in lines if line.startswith("- preact_resnet18 AT step")]
+    # The layer losing most time over the network (count x gap), with both gradients.
+    assert "3x3 32x32 64->64 (×4" in resnet and "forward + both gradients 30.0 ms" in resnet
+    assert "= 100 GFLOP/s" in resnet and "550 vs 380 ms" in resnet
+    assert bench._bounds({"pgd": payload["pgd"][:1], "train": []}, kernels) == []
+    assert "no kernels report" in bench._bounds(payload, None)[0]
+
+
 def test_scaling_quick(tmp_path):
     bench = _load("scaling")
     out = tmp_path / "scaling"
