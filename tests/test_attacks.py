@@ -68,7 +68,9 @@ def binary_logits(w, b):
 
 @partial(jax.jit, static_argnames=("norm", "random_start", "steps", "step_is_eps"))
 def _pgd_binary(w, b, x, y, key, eps, *, norm, random_start, steps, step_is_eps):
-    return pgd(
+    """PGD's default result (keep-best) and its last iterate, from the same start."""
+    attack = partial(
+        pgd,
         binary_logits(w, b),
         x,
         y,
@@ -79,6 +81,7 @@ def _pgd_binary(w, b, x, y, key, eps, *, norm, random_start, steps, step_is_eps)
         loss=margin,
         random_start=random_start,
     )
+    return attack(), attack(keep_best=False)
 
 
 @st.composite
@@ -116,15 +119,23 @@ def test_pgd_finds_closed_form_worst_case_of_linear_model(
     norm, random_start, steps, step_is_eps, problem
 ):
     w, b, x, y, eps, key = problem
-    res = _pgd_binary(
+    res, last = _pgd_binary(
         w, b, x, y, key, eps,
         norm=norm, random_start=random_start, steps=steps, step_is_eps=step_is_eps,
     )  # fmt: skip
     delta, value = _binary_expected(w, b, x, y, eps, norm)
-    np.testing.assert_allclose(np.asarray(res.delta), delta, atol=1e-4)
+    # The iteration converges to the unique maximiser (geometrically in ℓ2).
+    np.testing.assert_allclose(np.asarray(last.delta), delta, atol=1e-5)
     np.testing.assert_allclose(np.asarray(res.value), value, atol=1e-4, rtol=1e-4)
     np.testing.assert_array_equal(np.asarray(res.success), value > 0)
+    # Keep-best picks the iterate of highest float32 loss. On the ℓ2 sphere the objective is
+    # flat to second order at the maximiser: an iterate a distance r away loses only
+    # ‖w‖r²/(2ε), below the loss's float32 resolution (~1e-5 here) for r up to
+    # sqrt(2ε·1e-5/‖w‖), so such an iterate may tie with the limit and be kept.
+    flat = 0.0 if norm == "linf" else math.sqrt(2 * float(eps) * 1e-5 / np.linalg.norm(w))
+    np.testing.assert_allclose(np.asarray(res.delta), delta, atol=1e-5 + flat)
     _assert_in_ball_and_box(norm, res, x, eps)
+    _assert_in_ball_and_box(norm, last, x, eps)
 
 
 @jax.jit
