@@ -17,8 +17,14 @@ import numpy as np
 import optax
 import pytest
 from hypothesis import assume, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
+from linear_problems import (
+    NORMS,
+    D,
+    assert_in_ball_and_box,
+    binary_expected,
+    binary_logits,
+    binary_problem,
+)
 
 from jaxrobust.attacks.apgd import (
     apgd,
@@ -36,31 +42,6 @@ from jaxrobust.optimize import optimize
 from jaxrobust.threat import l1, l2, linf, unconstrained
 
 FAST = settings(max_examples=10, deadline=None)
-NORMS = {"linf": linf, "l2": l2, "l1": l1}
-B, D = 4, 6
-
-
-def _f32(lo, hi):
-    return st.floats(lo, hi).map(np.float32)
-
-
-def _norm(name, d):
-    flat = np.asarray(d, np.float64).reshape(d.shape[0], -1)
-    return {
-        "linf": np.abs(flat).max(axis=1),
-        "l2": np.sqrt((flat**2).sum(axis=1)),
-        "l1": np.abs(flat).sum(axis=1),
-    }[name]
-
-
-def _assert_in_ball_and_box(name, res, x, eps):
-    d = np.asarray(res.delta, np.float64)
-    assert np.all(_norm(name, d) <= np.asarray(eps, np.float64) * (1 + 1e-5) + 1e-6)
-    xa = np.asarray(res.x_adv, np.float64)
-    np.testing.assert_allclose(xa, np.asarray(x, np.float64) + d, atol=1e-6)
-    assert xa.min() >= -1e-6 and xa.max() <= 1 + 1e-6
-
-
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -231,43 +212,18 @@ def test_rule_condition_one_threshold_is_strict(rises, halved):
 # ----------------------------------------------------------------------------- linear models
 
 
-def binary_logits(w, b):
-    """f(x) = w·x + b as the two logits (−s/2, s/2)."""
-
-    def fn(x):
-        s = x @ w + b
-        return jnp.stack([-s / 2, s / 2], axis=-1)
-
-    return fn
-
-
 @partial(jax.jit, static_argnames=("norm",))
 def _apgd_binary(w, b, x, y, key, eps, *, norm):
     return apgd(binary_logits(w, b), x, y, key, threat=NORMS[norm](eps), steps=50, loss=margin)
 
 
-@st.composite
-def binary_problem(draw):
-    mags = draw(hnp.arrays(np.float32, (D,), elements=_f32(0.2, 2.0)))
-    signs = draw(hnp.arrays(np.float32, (D,), elements=st.sampled_from([-1.0, 1.0])))
-    w = mags * signs
-    b = np.float32(draw(st.floats(-1.0, 1.0)))
-    x = draw(hnp.arrays(np.float32, (B, D), elements=_f32(0.3, 0.7)))  # far from the box edges
-    s = x @ w + b
-    assume(np.all(np.abs(s) > 1e-3))
-    y = (s > 0).astype(np.int32)  # the correct class
-    # eps < 0.3: the box never binds. eps <= 0.1 keeps the ℓ2 answer resolvable at 1e-4:
-    # near the optimum the margin changes by ‖w‖ε·θ²/2 for an angular error θ, and once
-    # that is below one float32 ulp of the margin, iterates tie and the engine keeps the
-    # first (the error floor grows like √ε; at ε = 0.25 it reaches ~1.4e-4 for PGD too).
-    eps = np.float32(draw(st.floats(0.01, 0.1)))
-    seed = draw(st.integers(0, 2**31 - 1))
-    return w, b, x, y, eps, jax.random.key(seed)
-
-
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 @FAST
-@given(problem=binary_problem())
+# eps <= 0.1 keeps the ℓ2 answer resolvable at 1e-4: near the optimum the margin changes by
+# ‖w‖ε·θ²/2 for an angular error θ, and once that is below one float32 ulp of the margin,
+# iterates tie and the engine keeps the first (the error floor grows like √ε; at ε = 0.25 it
+# reaches ~1.4e-4, see test_attacks.py's PGD known answer).
+@given(problem=binary_problem(max_eps=0.1))
 def test_apgd_finds_closed_form_worst_case_of_linear_model(norm, problem):
     # Maximising the margin −ỹ(w·x + b) over the ball: δ = −ε·ỹ·u with u = sign(w) (ℓ∞),
     # w/‖w‖₂ (ℓ2), or sign(w_j)·e_j at j = argmax |w_j| (ℓ1, a vertex: the sparse ascent
@@ -278,20 +234,11 @@ def test_apgd_finds_closed_form_worst_case_of_linear_model(norm, problem):
     if norm == "l1":
         assume(top2[1] - top2[0] > 0.05)  # a unique vertex
     res = _apgd_binary(w, b, x, y, key, eps, norm=norm)
-    ysgn = 2.0 * y.astype(np.float64) - 1.0  # ỹ = ±1
-    if norm == "linf":
-        direction, dual = np.sign(w64), np.abs(w64).sum()
-    elif norm == "l2":
-        direction, dual = w64 / np.linalg.norm(w64), np.linalg.norm(w64)
-    else:
-        j = int(np.argmax(np.abs(w64)))
-        direction, dual = np.sign(w64) * (np.arange(D) == j), np.abs(w64[j])
-    delta = -float(eps) * ysgn[:, None] * direction[None]
-    value = -ysgn * (x.astype(np.float64) @ w64 + b) + float(eps) * dual
+    delta, value = binary_expected(w, b, x, y, eps, norm)
     np.testing.assert_allclose(np.asarray(res.delta), delta, atol=1e-4)
     np.testing.assert_allclose(np.asarray(res.value), value, atol=1e-4, rtol=1e-4)
     np.testing.assert_array_equal(np.asarray(res.success), value > 0)
-    _assert_in_ball_and_box(norm, res, x, eps)
+    assert_in_ball_and_box(norm, res, x, eps)
 
 
 # ----------------------------------------------------------------------------- a small MLP
@@ -324,7 +271,7 @@ KEY = jax.random.key(7)
 
 def test_apgd_stays_in_ball_and_reports_its_own_value():
     res = _apgd_mlp(X6, Y6, KEY, EPS6)
-    _assert_in_ball_and_box("linf", res, X6, EPS6)
+    assert_in_ball_and_box("linf", res, X6, EPS6)
     logits = mlp(res.x_adv)
     np.testing.assert_array_equal(np.asarray(res.success), np.asarray(logits.argmax(1) != Y6))
     np.testing.assert_allclose(
@@ -520,7 +467,7 @@ def test_apgd_on_digits_mlp_is_at_least_as_strong_as_pgd(digits_test):
     assert acc["apgd"] <= acc["pgd"] + 0.01
     assert acc["apgd_t"] <= clean
     for res in (res_apgd, res_t):
-        _assert_in_ball_and_box("linf", res, x, EPS)
+        assert_in_ball_and_box("linf", res, x, EPS)
         # Success is misclassification (APGD-T: any wrong class, not only the target).
         adv = _np_logits(params, res.x_adv).argmax(1)
         np.testing.assert_array_equal(np.asarray(res.success), adv != y)
@@ -654,7 +601,7 @@ def test_l1_apgd_reaches_the_knapsack_worst_case_of_linear_models():
     assert np.max(gap["new"]) <= 0.1
     assert np.mean(gap["new"]) <= 0.01
     assert np.mean(gap["new"]) < 0.25 * np.mean(gap["plain"])
-    _assert_in_ball_and_box("l1", new, x, eps)
+    assert_in_ball_and_box("l1", new, x, eps)
     np.testing.assert_array_equal(np.asarray(new.success), np.asarray(new.value) > 0)
     # Same key, same result (a second call of the compiled attack).
     again, _ = _l1_linear(w, b, x, y, KEY, eps)
@@ -781,7 +728,7 @@ def test_l1_apgd_is_at_least_as_strong_as_plain_l1_apgd_and_sparse():
     assert rate["new"] >= rate["plain"] - 0.02
     assert loss["new"] >= loss["plain"] - 0.005
     assert np.mean(l0["new"]) <= 0.05 * D_MLP and np.max(l0["new"]) <= 0.25 * D_MLP
-    _assert_in_ball_and_box("l1", new, X_L1, 1.0)
+    assert_in_ball_and_box("l1", new, X_L1, 1.0)
     logits = _mlp_l1(new.x_adv)
     np.testing.assert_array_equal(np.asarray(new.success), np.asarray(logits.argmax(1) != y))
     np.testing.assert_allclose(
@@ -803,7 +750,7 @@ def test_l1_apgd_jit_equals_eager_and_same_key_is_identical():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     for a, b in zip(jitted, again, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    _assert_in_ball_and_box("l1", jitted, X6, eps)
+    assert_in_ball_and_box("l1", jitted, X6, eps)
 
 
 def test_l1_apgd_bad_input_raises_clear_errors():

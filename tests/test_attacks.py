@@ -15,9 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from linear_problems import (
+    NORMS,
+    B,
+    D,
+    assert_in_ball_and_box,
+    binary_expected,
+    binary_logits,
+    binary_problem,
+    f32,
+)
 
 from jaxrobust.attacks.pgd import fgsm, pgd
 from jaxrobust.attacks.spatial import grid, transform_grid, worst_of_k
@@ -27,43 +37,6 @@ from jaxrobust.optimize import best_of, optimize
 from jaxrobust.threat import example_keys, l1, l2, linf, rotate_translate, spatial, unconstrained
 
 FAST = settings(max_examples=25, deadline=None)
-NORMS = {"linf": linf, "l2": l2, "l1": l1}
-
-B, D = 4, 6
-
-
-def _f32(lo, hi):
-    return st.floats(lo, hi).map(np.float32)
-
-
-def _norm(name, d):
-    flat = np.asarray(d, np.float64).reshape(d.shape[0], -1)
-    return {
-        "linf": np.abs(flat).max(axis=1),
-        "l2": np.sqrt((flat**2).sum(axis=1)),
-        "l1": np.abs(flat).sum(axis=1),
-    }[name]
-
-
-def _assert_in_ball_and_box(name, res, x, eps):
-    d = np.asarray(res.delta, np.float64)
-    assert np.all(_norm(name, d) <= eps * (1 + 1e-5) + 1e-6)
-    xa = np.asarray(res.x_adv, np.float64)
-    np.testing.assert_allclose(xa, np.asarray(x, np.float64) + d, atol=1e-6)
-    assert xa.min() >= -1e-6 and xa.max() <= 1 + 1e-6
-
-
-# ----------------------------------------------------------------------------- linear models
-
-
-def binary_logits(w, b):
-    """f(x) = w·x + b as the two logits (−s/2, s/2)."""
-
-    def fn(x):
-        s = x @ w + b
-        return jnp.stack([-s / 2, s / 2], axis=-1)
-
-    return fn
 
 
 @partial(jax.jit, static_argnames=("norm", "random_start", "steps", "step_is_eps"))
@@ -84,31 +57,6 @@ def _pgd_binary(w, b, x, y, key, eps, *, norm, random_start, steps, step_is_eps)
     return attack(), attack(keep_best=False)
 
 
-@st.composite
-def binary_problem(draw):
-    mags = draw(hnp.arrays(np.float32, (D,), elements=_f32(0.2, 2.0)))
-    signs = draw(hnp.arrays(np.float32, (D,), elements=st.sampled_from([-1.0, 1.0])))
-    w = mags * signs
-    b = np.float32(draw(st.floats(-1.0, 1.0)))
-    x = draw(hnp.arrays(np.float32, (B, D), elements=_f32(0.3, 0.7)))  # far from the box edges
-    s = x @ w + b
-    assume(np.all(np.abs(s) > 1e-3))
-    y = (s > 0).astype(np.int32)  # the correct class
-    eps = np.float32(draw(st.floats(0.01, 0.25)))  # < 0.3: the box never binds
-    seed = draw(st.integers(0, 2**31 - 1))
-    return w, b, x, y, eps, jax.random.key(seed)
-
-
-def _binary_expected(w, b, x, y, eps, norm):
-    ysgn = 2.0 * y.astype(np.float64) - 1.0  # ỹ = ±1
-    w64 = w.astype(np.float64)
-    direction = np.sign(w64) if norm == "linf" else w64 / np.linalg.norm(w64)
-    delta = -float(eps) * ysgn[:, None] * direction[None]
-    dual = np.abs(w64).sum() if norm == "linf" else np.linalg.norm(w64)
-    value = -ysgn * (x.astype(np.float64) @ w64 + b) + float(eps) * dual  # worst-case margin
-    return delta, value
-
-
 @pytest.mark.parametrize(
     "norm,random_start,steps,step_is_eps",
     [("linf", True, 10, False), ("l2", False, 50, True), ("l2", True, 50, True)],
@@ -123,7 +71,7 @@ def test_pgd_finds_closed_form_worst_case_of_linear_model(
         w, b, x, y, key, eps,
         norm=norm, random_start=random_start, steps=steps, step_is_eps=step_is_eps,
     )  # fmt: skip
-    delta, value = _binary_expected(w, b, x, y, eps, norm)
+    delta, value = binary_expected(w, b, x, y, eps, norm)
     # The iteration converges to the unique maximiser (geometrically in ℓ2).
     np.testing.assert_allclose(np.asarray(last.delta), delta, atol=1e-5)
     np.testing.assert_allclose(np.asarray(res.value), value, atol=1e-4, rtol=1e-4)
@@ -134,8 +82,8 @@ def test_pgd_finds_closed_form_worst_case_of_linear_model(
     # sqrt(2ε·1e-5/‖w‖), so such an iterate may tie with the limit and be kept.
     flat = 0.0 if norm == "linf" else math.sqrt(2 * float(eps) * 1e-5 / np.linalg.norm(w))
     np.testing.assert_allclose(np.asarray(res.delta), delta, atol=1e-5 + flat)
-    _assert_in_ball_and_box(norm, res, x, eps)
-    _assert_in_ball_and_box(norm, last, x, eps)
+    assert_in_ball_and_box(norm, res, x, eps)
+    assert_in_ball_and_box(norm, last, x, eps)
 
 
 @jax.jit
@@ -145,13 +93,13 @@ def _pgd_targeted3(W, c, x, y, t, key, eps):
 
 @FAST
 @given(
-    W0=hnp.arrays(np.float32, (D,), elements=_f32(-2.0, 2.0)),
-    W1=hnp.arrays(np.float32, (D,), elements=_f32(-2.0, 2.0)),
-    mags=hnp.arrays(np.float32, (D,), elements=_f32(0.2, 2.0)),
+    W0=hnp.arrays(np.float32, (D,), elements=f32(-2.0, 2.0)),
+    W1=hnp.arrays(np.float32, (D,), elements=f32(-2.0, 2.0)),
+    mags=hnp.arrays(np.float32, (D,), elements=f32(0.2, 2.0)),
     signs=hnp.arrays(np.float32, (D,), elements=st.sampled_from([-1.0, 1.0])),
-    c2=_f32(-1.0, 1.0),
-    x=hnp.arrays(np.float32, (B, D), elements=_f32(0.3, 0.7)),
-    eps=_f32(0.01, 0.25),
+    c2=f32(-1.0, 1.0),
+    x=hnp.arrays(np.float32, (B, D), elements=f32(0.3, 0.7)),
+    eps=f32(0.01, 0.25),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_targeted_pgd_on_three_class_linear_model(W0, W1, mags, signs, c2, x, eps, seed):
@@ -200,7 +148,7 @@ _mlp_logits = jax.jit(mlp)
 @given(
     x=hnp.arrays(np.float32, (B, D), elements=st.floats(0.0, 1.0, width=32)),
     y=hnp.arrays(np.int32, (B,), elements=st.integers(0, 2)),
-    eps=_f32(0.01, 0.5),
+    eps=f32(0.01, 0.5),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_restarts_and_keep_best_never_hurt(norm, x, y, eps, seed):
@@ -213,7 +161,7 @@ def test_restarts_and_keep_best_never_hurt(norm, x, y, eps, seed):
     assert np.all(np.asarray(three.value) >= np.asarray(one.value) - 1e-6)
     assert np.all(np.asarray(one.value) >= np.asarray(last.value) - 1e-6)
     for res in (one, three, last):
-        _assert_in_ball_and_box(norm, res, x, eps)
+        assert_in_ball_and_box(norm, res, x, eps)
         logits = np.asarray(_mlp_logits(res.x_adv))
         np.testing.assert_array_equal(np.asarray(res.success), logits.argmax(axis=1) != y)
         np.testing.assert_allclose(
@@ -230,13 +178,13 @@ def _pgd_mlp_from_clean(x, y, key, eps):
 @given(
     x=hnp.arrays(np.float32, (B, D), elements=st.floats(0.0, 1.0, width=32)),
     y=hnp.arrays(np.int32, (B,), elements=st.integers(0, 2)),
-    eps=_f32(0.0, 2.0),
+    eps=f32(0.0, 2.0),
 )
 def test_pgd_from_clean_start_never_worse_than_clean(x, y, eps):
     res = _pgd_mlp_from_clean(x, y, jax.random.key(0), eps)
     clean = np.asarray(margin(_mlp_logits(x), y))
     assert np.all(np.asarray(res.value) >= clean - 1e-6)
-    _assert_in_ball_and_box("l1", res, x, eps)
+    assert_in_ball_and_box("l1", res, x, eps)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -289,8 +237,8 @@ def test_optax_optimizer_reaches_the_worst_case_and_stays_in_ball():
     y = (x @ w + b > 0).astype(np.int32)
     eps = np.float32(0.1)
     res = _pgd_sgd(w, b, x, y, KEY, eps)
-    _assert_in_ball_and_box("linf", res, x, eps)
-    delta, value = _binary_expected(w, b, x, y, eps, "linf")
+    assert_in_ball_and_box("linf", res, x, eps)
+    delta, value = binary_expected(w, b, x, y, eps, "linf")
     np.testing.assert_allclose(np.asarray(res.delta), delta, atol=1e-4)
     np.testing.assert_allclose(np.asarray(res.value), value, atol=1e-4)
 

@@ -16,6 +16,7 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from linear_problems import norm_of
 from scipy.optimize import linprog
 
 from jaxrobust.attacks.fab import fab, fab_targeted, projection_l2, projection_linf
@@ -28,11 +29,6 @@ FAST = settings(max_examples=20, deadline=None)
 PROJ = {"linf": projection_linf, "l2": projection_l2}
 NORMS = {"linf": linf, "l2": l2}
 KEY = jax.random.key(0)
-
-
-def _norm(name, d):
-    flat = np.asarray(d, np.float64).reshape(d.shape[0], -1)
-    return np.abs(flat).max(axis=1) if name == "linf" else np.sqrt((flat**2).sum(axis=1))
 
 
 # ----------------------------------------------------------------------------- projections
@@ -205,7 +201,7 @@ def test_fab_finds_the_closed_form_minimum_norm_on_a_linear_model(norm, mode):
     found = -np.asarray(res.value, np.float64)
     assert np.all(found >= want * (1 - 1e-5))  # cannot beat the minimum
     np.testing.assert_allclose(found, want, rtol=1e-3)
-    np.testing.assert_allclose(_norm(norm, res.delta), found, rtol=1e-6)
+    np.testing.assert_allclose(norm_of(norm, res.delta), found, rtol=1e-6)
     assert np.asarray(res.success).all()
     assert np.all((np.asarray(res.x_adv) @ W_LIN + C_LIN).argmax(1) != Y_LIN)
 
@@ -284,7 +280,7 @@ def test_fab_t_on_a_digits_mlp_agrees_with_pgd(digits_model):
     clean = np.asarray(_mlp(params, x)).argmax(1) == y
     res = _fab_t_mlp(params, x, y, KEY, 0.1)
     xa, d = np.asarray(res.x_adv), np.asarray(res.delta)
-    assert _norm("linf", d).max() <= 0.1 + 1e-6
+    assert norm_of("linf", d).max() <= 0.1 + 1e-6
     assert xa.min() >= 0.0 and xa.max() <= 1.0
     pred = np.asarray(_mlp(params, xa)).argmax(1)
     np.testing.assert_array_equal(np.asarray(res.success), pred != y)
