@@ -75,6 +75,25 @@ def write(out: Path, name: str, data: dict, t0: float, lines: Sequence[str]) -> 
 # ---------------------------------------------------------------------------------- data
 
 
+def report_header(name: str, smoke: bool, seed: int, cfg: dict, x: Any, x_test: Any) -> dict:
+    """The leading fields of a digits experiment's JSON: what ran and how it was attacked."""
+    return {
+        "experiment": name,
+        "part": "digits",
+        "smoke": smoke,
+        "seed": seed,
+        "settings": {
+            **cfg,
+            "model": f"MLP(hidden={tuple(cfg['hidden'])}) on 8x8 digits",
+            "train_size": int(x.shape[0]),
+            "test_size": int(x_test.shape[0]),
+            "optimizer": "adam, cosine decay to 0",
+            "attack": f"PGD ℓ∞ (CE, {cfg['eval_steps']} steps of 2.5ε/steps, "
+            f"{cfg['eval_restarts']} restarts)",
+        },
+    }
+
+
 def load() -> tuple[Array, Array, Array, Array]:
     """The fixed digits split: x_train (1437, 8, 8, 1), y_train (1437,), x_test (360, ...),
     y_test (360,); images float32 in [0, 1], labels int32 in [0, 10)."""

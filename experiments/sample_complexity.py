@@ -1003,19 +1003,7 @@ def digits_experiment(key: Array, cfg: dict, out: Path, smoke: bool, seed: int) 
     }
     counts = [D.class_counts(grid["seed_orders"][0], y, n) for n in ns]
     data = {
-        "experiment": NAME,
-        "part": "digits",
-        "smoke": smoke,
-        "seed": seed,
-        "settings": {
-            **cfg,
-            "model": f"MLP(hidden={tuple(cfg['hidden'])}) on 8x8 digits",
-            "train_size": int(x.shape[0]),
-            "test_size": int(x_test.shape[0]),
-            "optimizer": "adam, cosine decay to 0",
-            "attack": f"PGD ℓ∞ (CE, {cfg['eval_steps']} steps of 2.5ε/steps, "
-            f"{cfg['eval_restarts']} restarts)",
-        },
+        **D.report_header(NAME, smoke, seed, cfg, x, x_test),
         "n": ns,
         "class_counts_seed0": np.stack(counts),
         "results": results,

@@ -309,19 +309,7 @@ def digits_experiment(key: Array, cfg: dict, out: Path, smoke: bool, seed: int) 
         ),
     }
     data = {
-        "experiment": NAME,
-        "part": "digits",
-        "smoke": smoke,
-        "seed": seed,
-        "settings": {
-            **cfg,
-            "model": f"MLP(hidden={tuple(cfg['hidden'])}) on 8x8 digits",
-            "train_size": int(x.shape[0]),
-            "test_size": int(x_test.shape[0]),
-            "optimizer": "adam, cosine decay to 0",
-            "attack": f"PGD ℓ∞ (CE, {cfg['eval_steps']} steps of 2.5ε/steps, "
-            f"{cfg['eval_restarts']} restarts)",
-        },
+        **D.report_header(NAME, smoke, seed, cfg, x, x_test),
         "eps_sweep": {
             "eps_train": eps_train,
             "clean_test": clean_mean,
