@@ -295,3 +295,36 @@ def test_chunks_pad_to_a_compiled_size_within_the_slack():
     chunks = list(_chunks(np.arange(1000), 512, 64, reuse=[512]))
     assert [len(c) for c, _ in chunks] == [512, 512] and sum(n for _, n in chunks) == 1000
     assert np.array_equal(np.concatenate([c[:n] for c, n in chunks]), np.arange(1000))
+
+
+def _noisy_linear(w, x, key):
+    """A randomised model carrying its weights: logits of x + noise under a linear map."""
+    z = x.reshape(x.shape[0], -1) + 0.1 * jax.random.normal(key, (x.shape[0], w.shape[0]))
+    return z @ w
+
+
+def test_eot_of_a_carried_model_takes_its_weights_as_program_inputs():
+    """EOT of a Partial model is a Partial carrying the weights and the draws' keys: a jitted
+    attack compiles once for every checkpoint, and the value is the mean log-softmax."""
+    from jaxrobust.attacks.evaluate import expectation_over_transformation
+
+    x = jax.random.uniform(jax.random.key(1), (5, 4))
+    key = jax.random.key(2)
+    traces = []
+
+    @jax.jit
+    def run(model, x):
+        traces.append(1)
+        return model(x)
+
+    for seed in (3, 4):
+        w = jax.random.normal(jax.random.key(seed), (4, 3))
+        eot = expectation_over_transformation(jax.tree_util.Partial(_noisy_linear, w), key, 6)
+        assert isinstance(eot, jax.tree_util.Partial)
+        keys = jax.random.split(key, 6)
+        want = np.mean([jax.nn.log_softmax(_noisy_linear(w, x, k)) for k in keys], axis=0)
+        np.testing.assert_allclose(run(eot, x), want, rtol=1e-5, atol=1e-6)
+    assert len(traces) == 1  # the second checkpoint reused the first's program
+    # A plain function works too (closed over, its keys still carried).
+    eot = expectation_over_transformation(lambda z, k: _noisy_linear(w, z, k), key, 6)
+    np.testing.assert_allclose(jax.jit(lambda m, z: m(z))(eot, x), want, rtol=1e-5, atol=1e-6)

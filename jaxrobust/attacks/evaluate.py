@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,20 @@ def expectation_over_transformation(
 ) -> LogitsFn:
     """A deterministic model from a randomised one `logits_fn(x, key)`: the mean of the
     log-softmax over `samples` fixed draws. Cross-entropy is linear in log-probabilities,
-    so attacking this model follows the EOT gradient E_k ∇CE(f(x, k), y)."""
+    so attacking this model follows the EOT gradient E_k ∇CE(f(x, k), y).
+
+    Returns a `jax.tree_util.Partial` carrying the draws' keys and, when `logits_fn` is a
+    Partial itself, its weights: passed to a jitted function they are inputs, so a new
+    checkpoint of the same architecture reuses the compiled programs (as in `evaluate`)."""
     keys = jax.random.split(key, samples)
+    if isinstance(logits_fn, jax.tree_util.Partial):
+        return jax.tree_util.Partial(_eot_logits, logits_fn, keys)
+    return jax.tree_util.Partial(partial(_eot_logits, logits_fn), keys)
 
-    def fn(x):
-        return jnp.mean(jax.vmap(lambda k: jax.nn.log_softmax(logits_fn(x, k)))(keys), axis=0)
 
-    return fn
+def _eot_logits(logits_fn: Callable[[Array, Array], Array], keys: Array, x: Array) -> Array:
+    """Mean log-softmax of `logits_fn(x, k)` over the keys (samples, ...): (B, num_classes)."""
+    return jnp.mean(jax.vmap(lambda k: jax.nn.log_softmax(logits_fn(x, k)))(keys), axis=0)
 
 
 # ----------------------------------------------------------------------------- report
