@@ -68,7 +68,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from jaxrobust import report
     from jaxrobust.attacks.evaluate import evaluate
     from jaxrobust.parallel import is_primary
-    from jaxrobust.train.loop import restore_run
+    from jaxrobust.train.loop import best_checkpoint_metric, restore_run
 
     _join_processes(args)
     # Several processes: each restores the (replicated) weights collectively, loads the
@@ -107,6 +107,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = {
         "run": str(args.run_dir),
         "checkpoint": "best" if args.best else "latest",
+        "checkpoint_ranked_by": best_checkpoint_metric(cfg) if args.best else None,
         "dataset": cfg.dataset,
         "split": args.split,
         "num_examples": len(y),

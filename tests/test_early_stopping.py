@@ -14,7 +14,7 @@ import jaxrobust.data as jd
 from jaxrobust.checkpoint import Checkpointer
 from jaxrobust.config import default_config, load_config
 from jaxrobust.errors import ConfigError
-from jaxrobust.train.loop import restore_run, train
+from jaxrobust.train.loop import best_checkpoint_metric, restore_run, train
 
 N_TRAIN = 1437  # digits training records
 N_VAL = 157  # held out: 1280 = 10 batches of 128 remain for training
@@ -166,6 +166,30 @@ def test_early_stopping_selects_best_validation_epoch(es_run):
     assert int(state.step) == es["selected_step"]
     assert run.num_train == metrics["num_train"] == N_TRAIN - N_VAL
     assert metrics["num_validation"] == N_VAL
+
+
+def test_best_checkpoint_without_early_stopping_ranks_by_validation(tmp_path):
+    """With records held out but early stopping off, `--best` restores the epoch of best
+    robust validation accuracy (never a test-set selection); with nothing held out the
+    ranking is the test set's, and metrics.json says so."""
+    overrides = [o for o in ES_RUN if not o.startswith("early_stopping")] + ["epochs=3"]
+    cfg = load_config("smoke", overrides)
+    assert best_checkpoint_metric(cfg) == "validation_robust_accuracy"
+    assert best_checkpoint_metric(load_config("smoke")) == "test_robust_accuracy"
+    metrics = train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    assert metrics["best_checkpoint_ranked_by"] == "validation_robust_accuracy"
+    history = metrics["history"]
+    steps_per_epoch = (N_TRAIN - N_VAL) // 128
+    ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
+    for r in history:  # every epoch's checkpoint is ranked by its validation number
+        ranked = ckpt.metrics(r["epoch"] * steps_per_epoch)["robust_accuracy"]
+        assert ranked == r["validation_robust_accuracy"]
+    # ... and not by the test set's (which differs: the check above can tell them apart).
+    assert any(r["validation_robust_accuracy"] != r["test_robust_accuracy"] for r in history)
+    val = [r["validation_robust_accuracy"] for r in history]
+    best_epoch = max(e for e, v in enumerate(val, 1) if v == max(val))  # ties: the newest
+    _, state, _ = restore_run(tmp_path / "run", best=True)
+    assert int(state.step) == best_epoch * steps_per_epoch
 
 
 def test_resume_keeps_early_stopping_state(es_run, tmp_path):

@@ -256,6 +256,19 @@ def _epoch_record(sums: dict, count: int, epoch: int) -> dict:
 _BEST_METRIC = "robust_accuracy"
 
 
+def best_checkpoint_metric(cfg: Any) -> str:
+    """The history record that ranks a run's best checkpoint (what `--best` restores).
+
+    The early-stopping metric when early stopping is on; otherwise the held-out validation
+    robust accuracy when records are held out, and the test set's robust accuracy only when
+    nothing is (a selection on the test set, as in Rice et al.'s best-checkpoint analysis:
+    reported under this name in metrics.json so it cannot pass for an unbiased number).
+    """
+    if cfg.early_stopping.enabled:
+        return cfg.early_stopping.metric
+    return "validation_robust_accuracy" if cfg.validation.examples else "test_robust_accuracy"
+
+
 def _new_early_stopping_state() -> dict[str, Any]:
     """Early-stopping bookkeeping, stored in every checkpoint's metadata for resumption."""
     return {"best_epoch": None, "best_step": None, "best_value": None, "stopped_epoch": None}
@@ -424,7 +437,7 @@ def train(
                             f"{es_state['best_epoch']})"
                         )
                 else:
-                    ckpt_metrics = {_BEST_METRIC: record["test_robust_accuracy"]}
+                    ckpt_metrics = {_BEST_METRIC: record[best_checkpoint_metric(cfg)]}
             if check_co:
                 co_acc = float(
                     during.robust_correct(
@@ -542,6 +555,7 @@ def train(
         "seed": cfg.seed,
         "catastrophic_overfitting": co_event,
         "early_stopping": early_stopping,
+        "best_checkpoint_ranked_by": best_checkpoint_metric(cfg),
         "history": history,
         "devices": [str(d) for d in run.mesh.devices.flat],  # the devices it trained on
         "processes": jax.process_count(),
