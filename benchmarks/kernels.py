@@ -113,7 +113,7 @@ def _resnet_convs(repeats: int) -> dict:
         out_hw = (hw + 2 * pad - k) // stride + 1
         gflop = 2 * 2 * RESNET_BATCH * out_hw**2 * cin * cout * k * k / 1e9  # fwd + grad
         row = {"kernel": name, "count": count, "gflop_fwd_and_input_grad": gflop}
-        row["model_formulation"] = "gemm" if layer._use_gemm(x.shape, padding) else "xla"
+        row["model_formulation"] = "gemm" if layer.uses_gemm(x.shape) else "xla"
         xs, ws = shard_batch(x, mesh), replicate(w, mesh)
         for key, conv_fn, args in (
             ("jax", conv, (x, w)),

@@ -244,6 +244,9 @@ def test_conv_auto_picks_gemm_for_1x1_and_small_outputs_on_cpu():
     assert _uses_xla_conv(Conv(8, (3, 3)), jnp.ones((2, side + 1, side, 8)))
     assert _uses_xla_conv(Conv(8, (1, 1), impl="xla"), jnp.ones((2, 4, 4, 8)))
     assert not _uses_xla_conv(Conv(8, (5, 5), impl="gemm"), jnp.ones((2, 9, 9, 8)))
+    # The rule is queryable without tracing (benchmarks/kernels.py reports it per layer).
+    assert Conv(8, (3, 3)).uses_gemm((2, side, side, 8))
+    assert not Conv(8, (3, 3)).uses_gemm((side + 1, side, 8))
 
 
 def test_conv_bad_input_errors():

@@ -84,11 +84,12 @@ Padding = str | Sequence[tuple[int, int]]
 ConvImpl = Literal["auto", "xla", "gemm"]
 
 # Output positions per image at or below which `Conv`'s "auto" mode uses the GEMM form on
-# CPU. Measured on XLA:CPU (2 cores, float32, forward + input gradient, batch 32 over one
-# device per core; benchmarks/kernels.py): PreActResNet-18's 3x3 512->512 convolution at
-# 4x4 takes 28 ms as XLA's direct convolution and 18 ms as a GEMM, its 3x3/2 256->512 one
-# (output 4x4) 12 vs 9.5 ms; at 16x16 and 32x32 the direct convolution wins (18 vs 24 and
-# 17 vs 62 ms), at 8x8 neither does clearly.
+# CPU. benchmarks/kernels.py (2 cores, float32, forward + input gradient, batch 32 sharded
+# over one device per core): PreActResNet-18's 3x3 512->512 convolution at 4x4 takes 23.7 ms
+# as XLA's convolution and 16.7 ms as a GEMM, its 3x3/2 256->512 one (output 4x4) 12.0 vs
+# 9.3 ms. On larger maps the patch matrix costs more than the GEMM saves (measured once with
+# the same set-up: 3x3 128->128 at 16x16 18 vs 24 ms, 64->64 at 32x32 17 vs 62 ms; at 8x8
+# neither formulation wins clearly).
 GEMM_MAX_POSITIONS = 16
 
 
@@ -183,7 +184,7 @@ class Conv(nn.Module):
         kh, kw = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
         pads = conv_padding(x.shape[1:3], (kh, kw), self.strides, self.padding)
-        if self._use_gemm(x.shape, pads):
+        if self.uses_gemm(x.shape):
             y = conv_as_gemm(x, kernel, self.strides, pads)
         else:
             y = lax.conv_general_dilated(
@@ -193,7 +194,9 @@ class Conv(nn.Module):
             y = y + self.param("bias", self.bias_init, (self.features,))
         return y.reshape(*lead, *y.shape[1:])
 
-    def _use_gemm(self, shape: tuple[int, ...], pads: list[tuple[int, int]]) -> bool:
+    def uses_gemm(self, input_shape: Sequence[int]) -> bool:
+        """Whether this layer runs as `conv_as_gemm` on inputs of `input_shape` (..., H, W, C)
+        on the default backend (the "auto" rule above, or the fixed `impl`)."""
         if self.impl not in ("auto", "xla", "gemm"):
             raise ValueError(f"Conv impl must be 'auto', 'xla' or 'gemm', got {self.impl!r}")
         if self.impl != "auto":
@@ -202,6 +205,8 @@ class Conv(nn.Module):
             return False
         if tuple(self.kernel_size) == (1, 1):
             return True
-        sizes = zip(shape[1:3], pads, self.kernel_size, self.strides, strict=True)
+        spatial = tuple(input_shape[-3:-1])
+        pads = conv_padding(spatial, self.kernel_size, self.strides, self.padding)
+        sizes = zip(spatial, pads, self.kernel_size, self.strides, strict=True)
         ho, wo = ((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in sizes)
         return ho * wo <= GEMM_MAX_POSITIONS
