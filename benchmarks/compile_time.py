@@ -173,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
             "jax": jax.__version__,
             **measure(Path(tmp)),
         }
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _report import write_report
 
     write_report(args.out, payload, _markdown(payload))

@@ -87,12 +87,10 @@ def _worker(run_dir: str) -> dict:
 def _torch_worker(run_dir: str) -> dict:
     """The reference AutoAttack (PyTorch) on the same weights, images and ε."""
     t0 = time.perf_counter()
+    import _torch_peers
     import numpy as np
     import torch
     from pyautoattack import AutoAttack
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _torch_peers
 
     from jaxrobust.data import load_split
     from jaxrobust.parallel import use_cpu_cores_as_devices

@@ -56,7 +56,6 @@ def _reset_peak() -> int:
 
 
 def _child(framework: str, quick: bool) -> dict:
-    sys.path.insert(0, str(Path(__file__).parent))
     import jax
     import numpy as np
     from pgd_throughput import _jax_attacks, _setup, _torch_model
@@ -155,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:16s} peak {r['peak_bytes'] / MiB:8.1f} MiB")
     if HAVE_TORCH:
         print(f"jaxrobust / PyTorch: {payload['ratio_jax_over_torch']:.2f}x")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _report import write_report
 
     write_report(args.out, payload, _markdown(payload))

@@ -51,14 +51,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _report import write_report
 
 import jaxrobust as jr
 from jaxrobust.models import create_model
 from jaxrobust.parallel import data_mesh_for_batch, replicate, shard_batch, use_cpu_cores_as_devices
 from jaxrobust.train import TrainState, make_train_step, pgd_at
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_report
 
 HAVE_PEERS = all(importlib.util.find_spec(m) for m in ("torch", "torchattacks"))
 

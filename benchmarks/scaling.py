@@ -55,10 +55,6 @@ from typing import Any
 
 import jax
 import numpy as np
-
-from jaxrobust.parallel import data_mesh, replicate, shard_batch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_report  # a sibling module: importable once its folder is on the path
 from pgd_throughput import (  # a sibling script: importable once its folder is on the path
     HAVE_PEERS,
@@ -69,6 +65,8 @@ from pgd_throughput import (  # a sibling script: importable once its folder is 
     _time,
     _torch_model,
 )
+
+from jaxrobust.parallel import data_mesh, replicate, shard_batch
 
 BATCHES, QUICK_BATCHES = (16, 32, 64, 128, 256), (2, 4, 8)
 DEVICES, QUICK_DEVICES = (1, 2, 4, 8), (1, 2)
