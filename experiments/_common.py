@@ -136,9 +136,66 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
+# ------------------------------------------------------------------- provenance of numbers
+# Every headline number in an experiment's JSON is one of these dicts, so a reader (and the
+# claims tests) can tell how it was obtained: measured on samples (with the sample size and a
+# standard error), computed in closed form, or true by an argument (with the argument).
+
+METHODS = ("measured", "closed_form", "by_argument")
+
+
+def measured(value: Any, *, n: int, se: Any = None, how: str) -> dict:
+    """A number estimated from `n` samples (examples, draws, seeds: `how` says which and by
+    what: attack, trained model), with its standard error `se` where one is defined."""
+    if int(n) < 1:
+        raise ValueError(f"a measured number needs n >= 1 samples, got {n}")
+    return {
+        "value": jsonable(value),
+        "method": "measured",
+        "n": int(n),
+        "se": jsonable(se),
+        "how": how,
+    }
+
+
+def closed_form(value: Any, *, how: str) -> dict:
+    """A number computed exactly from a formula (`how` names the formula)."""
+    return {"value": jsonable(value), "method": "closed_form", "how": how}
+
+
+def by_argument(value: Any, *, why: str) -> dict:
+    """A number that holds by an argument, not by a computation or a measurement."""
+    return {"value": jsonable(value), "method": "by_argument", "why": why}
+
+
+def run_info() -> dict:
+    """Library version and git commit of the code that produced a result (commit None
+    outside a git checkout; '+dirty' when the work tree had uncommitted changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        commit = commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"jaxrobust_version": jr.__version__, "git_commit": commit}
+
+
 def finish(out: Path, name: str, data: dict, t0: float, lines: Sequence[str]) -> Path:
-    """Add the wall time, write out/NAME.json, print a short summary; returns the JSON path."""
+    """Add the wall time, library version and git commit, write out/NAME.json, print a short
+    summary; returns the JSON path."""
     data["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    data.update(run_info())
     path = report.write_json(out / f"{name}.json", data)
     print(f"[{name}] " + "\n  ".join([*lines, f"wall time {data['wall_time_s']:.1f} s -> {path}"]))
     return path

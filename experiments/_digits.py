@@ -66,6 +66,7 @@ def parse_args(name: str, argv: Sequence[str] | None, doc: str | None) -> argpar
 def write(out: Path, name: str, data: dict, t0: float, lines: Sequence[str]) -> Path:
     """Write out/NAME_digits.json (with its own wall time) and print a short summary."""
     data["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    data.update(C.run_info())
     path = report.write_json(out / f"{name}_digits.json", C.jsonable(data))
     head = f"[{name} digits] "
     print(head + "\n  ".join([*lines, f"wall time {data['wall_time_s']:.1f} s -> {path}"]))
