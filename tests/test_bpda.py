@@ -12,7 +12,7 @@ import pytest
 from jax.tree_util import Partial
 
 import jaxrobust as jr
-from jaxrobust.attacks.bpda import bpda, masking_operations, straight_through, transfer
+from jaxrobust.attacks.bpda import bpda, distill, masking_operations, straight_through, transfer
 from jaxrobust.data import load_split
 
 
@@ -243,3 +243,41 @@ def test_transfer_counts_success_on_the_target_only(digits_mlp):
     run = jax.jit(lambda m, x, y, k: transfer(attack, Partial(_mlp, w))(m, x, y, k, threat))
     r = run(target, x, y, key)
     assert np.array_equal(r.success, on_surrogate.success)
+
+
+def test_a_distilled_surrogate_attacks_a_host_callback_model(digits_mlp):
+    """A model behind a host callback has no gradient at all (and nothing to see through):
+    a surrogate distilled from its outputs transfers nearly all of a white-box attack."""
+    w, x, y = digits_mlp
+    wn = jax.tree.map(np.asarray, w)
+
+    def host(z):
+        h = np.tanh(z.reshape(len(z), -1) @ wn["w1"] + wn["b1"])
+        return (h @ wn["w2"] + wn["b2"]).astype(np.float32)
+
+    def target(z):
+        return jax.pure_callback(host, jax.ShapeDtypeStruct((z.shape[0], 10), jnp.float32), z)
+
+    assert masking_operations(target, x) == {"callback": 1}
+    threat, key = jr.linf(0.2), jax.random.key(3)
+    attack = lambda f, x, y, k, t: jr.pgd(f, x, y, k, threat=t, steps=10)  # noqa: E731
+    train = load_split("digits", "train")[0]
+    distilled = distill(
+        target, train.reshape(len(train), -1), jax.random.key(1), threat=threat,
+        model=jr.models.MLP(hidden=(64,)), steps=200,
+    )  # fmt: skip
+    assert isinstance(distilled.logits_fn, Partial) and distilled.agreement > 0.85
+    clean = np.asarray(jnp.argmax(target(x), -1) == y)
+    white = attack(Partial(_mlp, w), x, y, key, threat)
+    r = transfer(attack, distilled.logits_fn)(target, x, y, key, threat)
+    assert np.array_equal(r.success, jnp.argmax(target(r.x_adv), -1) != y)
+    assert np.sum(r.success & clean) >= 0.75 * np.sum(white.success & clean) > 0
+
+
+def test_distill_rejects_bad_arguments(digits_mlp):
+    w, x, _ = digits_mlp
+    model = Partial(_mlp, w)
+    with pytest.raises(jr.InputError, match="batch of inputs"):
+        distill(model, x[:0], jax.random.key(0))
+    with pytest.raises(jr.InputError, match="steps and batch_size"):
+        distill(model, x, jax.random.key(0), steps=0)

@@ -53,12 +53,15 @@ the weights as inputs and compiles once for all weights of the architecture.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.extend as jex
 import jax.numpy as jnp
+import optax
 
+from jaxrobust.errors import InputError
 from jaxrobust.losses import Loss, cross_entropy
 from jaxrobust.optimize import Result
 from jaxrobust.threat import ThreatModel
@@ -70,6 +73,8 @@ AttackFn = Callable[[LogitsFn, Array, Array, Array, ThreatModel], Result]
 #: Elementwise primitives whose gradient is zero almost everywhere while their value tracks
 #: their input: straight-through replaces their gradient by the identity.
 MASKING_PRIMITIVES: frozenset[str] = frozenset({"stop_gradient", "round", "floor", "ceil", "sign"})
+
+_AGREEMENT_EXAMPLES = 1024
 
 # Calls whose body is evaluated in place (inlined) when it contains a masking operation.
 _INLINED = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint"})
@@ -155,6 +160,104 @@ def masking_operations(logits_fn: Callable, *args: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     _count(closed.jaxpr, counts)
     return counts
+
+
+class Distilled(NamedTuple):
+    """A surrogate trained to imitate a model: `logits_fn` (a `jax.tree_util.Partial` over
+    its weights) and `agreement`, the fraction of inputs on which its top-1 class equals
+    the model's, measured after training on the first (up to) 1024 distillation inputs,
+    clean, and as many perturbed inside the threat model (so over up to 2048 points)."""
+
+    logits_fn: jax.tree_util.Partial
+    agreement: float
+
+
+def distill(
+    target_fn: LogitsFn,
+    x: Any,
+    key: Array,
+    *,
+    threat: ThreatModel | None = None,
+    model: nn.Module | None = None,
+    steps: int = 500,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+) -> Distilled:
+    """Train a differentiable surrogate on the model's outputs (the generic BPDA fallback).
+
+    Only forward calls of `target_fn` are used, so this works where `straight_through`
+    cannot see: host callbacks, functions whose custom derivative is zero, anything with
+    no useful gradient. Each step draws `batch_size` inputs from `x`, perturbs half of them
+    uniformly inside `threat`'s ball (when given: the region the attack will search), and
+    minimises the KL divergence from the target's softmax to the surrogate's. Attack the
+    surrogate with `transfer(attack, distilled.logits_fn)`: success still counts on the
+    target only. The transfer attack is only as strong as the imitation: read `agreement`,
+    and expect it to be weaker than a white-box attack on a differentiable model.
+
+    Args:
+      target_fn: the model, x (B, ...) -> logits (B, C); called inside `jax.jit` (a host
+        callback is fine).
+      x: (N, ...) unlabelled inputs from the data distribution (labels are the target's).
+      key: PRNG key for the surrogate's initialisation, batches and perturbations.
+      threat: optional threat model whose ball the perturbed half is drawn from.
+      model: a Flax linen module taking (x, train=False) -> logits; default
+        `jaxrobust.models.MLP(hidden=(256, 256))` with the target's number of classes.
+      steps, batch_size, learning_rate: Adam optimisation of the distillation loss.
+
+    Returns:
+      `Distilled(logits_fn, agreement)`.
+    """
+    from jaxrobust.models import MLP, as_logits_fn
+
+    x = jnp.asarray(x)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise InputError(f"distill needs a batch of inputs (N, ...), got shape {x.shape}")
+    if steps < 1 or batch_size < 1:
+        raise InputError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    num_classes = jax.eval_shape(target_fn, x[:1]).shape[-1]
+    model = MLP(hidden=(256, 256), num_classes=num_classes) if model is None else model
+    k_init, k_train = jax.random.split(key)
+    variables = model.init(k_init, x[:1])
+    optimizer = optax.adam(learning_rate)
+    carried = target_fn if isinstance(target_fn, jax.tree_util.Partial) else None
+    target = (lambda m: m) if carried is not None else (lambda _: target_fn)
+
+    def ball(k, xb):
+        """Uniform points of the threat model's ball around xb (xb itself without one)."""
+        return xb if threat is None else threat.apply(xb, threat.init(k, xb))
+
+    def perturb(k, xb):
+        """Every other example moved to a random point of the ball."""
+        perturbed = ball(k, xb)
+        odd = (jnp.arange(xb.shape[0]) % 2 == 1).reshape((-1,) + (1,) * (xb.ndim - 1))
+        return jnp.where(odd, perturbed, xb)
+
+    def loss_fn(v, xb, teacher):
+        student = jax.nn.log_softmax(model.apply(v, xb, train=False))
+        return jnp.mean(jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1))
+
+    # The data and a carried target are arguments, not constants of the programs.
+    @jax.jit
+    def step(v, opt_state, k, m, data):
+        k_idx, k_ball = jax.random.split(k)
+        xb = perturb(k_ball, data[jax.random.randint(k_idx, (batch_size,), 0, data.shape[0])])
+        teacher = jax.nn.log_softmax(jax.lax.stop_gradient(target(m)(xb)))
+        grads = jax.grad(loss_fn)(v, xb, teacher)
+        updates, opt_state = optimizer.update(grads, opt_state, v)
+        return optax.apply_updates(v, updates), opt_state
+
+    @jax.jit
+    def agree(v, k, m, xb):
+        xb = jnp.concatenate([xb, ball(k, xb)]) if threat is not None else xb
+        return jnp.mean(jnp.argmax(model.apply(v, xb), -1) == jnp.argmax(target(m)(xb), -1))
+
+    opt_state = optimizer.init(variables)
+    for i in range(steps):
+        k = jax.random.fold_in(k_train, i)
+        variables, opt_state = step(variables, opt_state, k, carried, x)
+    probe = x[:_AGREEMENT_EXAMPLES]
+    agreement = float(agree(variables, jax.random.fold_in(k_train, steps), carried, probe))
+    return Distilled(as_logits_fn(model, variables), agreement)
 
 
 # ----------------------------------------------------------------------------- tracing
