@@ -52,6 +52,8 @@ the weights as inputs and compiles once for all weights of the architecture.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -75,6 +77,7 @@ AttackFn = Callable[[LogitsFn, Array, Array, Array, ThreatModel], Result]
 MASKING_PRIMITIVES: frozenset[str] = frozenset({"stop_gradient", "round", "floor", "ceil", "sign"})
 
 _AGREEMENT_EXAMPLES = 1024
+_JAX_SRC = os.path.join(os.path.dirname(jax.__file__), "_src", "")
 
 # Calls whose body is evaluated in place (inlined) when it contains a masking operation.
 _INLINED = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint"})
@@ -151,10 +154,14 @@ def judge_on(target_fn: LogitsFn, result: Result, y: Array, *, loss: Loss = cros
 def masking_operations(logits_fn: Callable, *args: Any) -> dict[str, int]:
     """Count the masking operations `straight_through` would replace in `logits_fn(*args)`.
 
-    `args` may be arrays or `jax.ShapeDtypeStruct`s. Returns {primitive name: count},
-    including `"convert_element_type"` for float→int casts (candidates of a cast pair) and
-    `"callback"` / `"custom_derivative"` for parts it cannot see through. Useful for
-    deciding whether BPDA applies to a model before running it.
+    `args` may be arrays or `jax.ShapeDtypeStruct`s. Returns {primitive name: count} over
+    the whole program (nested calls and loop bodies included, functions with their own
+    derivative rule excluded), with `"convert_element_type"` for float→int casts (a cast
+    pair's first half) and `"callback"` for host callbacks whose results the model uses
+    (no gradient at all: see `distill`). Empty for an ordinary network (Dense, Conv,
+    BatchNorm, ReLU, softmax: the `stop_gradient`s that JAX's own `log_softmax` and
+    `logsumexp` apply to their stabilising shift are not masking). Useful for deciding
+    whether BPDA applies to a model before running it.
     """
     closed = jax.make_jaxpr(lambda *a: logits_fn(*a))(*args)
     counts: dict[str, int] = {}
@@ -304,12 +311,40 @@ def _is_real_float(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def _is_masking_eqn(eqn) -> bool:
+def _used_vars(jaxpr) -> set:
+    """The variables some equation or the output reads."""
+    used = {v for v in jaxpr.outvars if not isinstance(v, jex.core.Literal)}
+    for eqn in jaxpr.eqns:
+        used.update(v for v in eqn.invars if not isinstance(v, jex.core.Literal))
+    return used
+
+
+def _is_masking_eqn(eqn, used: set) -> bool:
     name = eqn.primitive.name
+    if not any(v in used for v in eqn.outvars):
+        return False  # an unused result (e.g. the sign that `logsumexp` computes) masks nothing
     if name in MASKING_PRIMITIVES:
-        return jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.floating)
+        return jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.floating) and not (
+            name == "stop_gradient" and _called_by_jax(eqn)
+        )
     if name == "convert_element_type":
         return _is_float_to_int(eqn)
+    return False
+
+
+def _called_by_jax(eqn) -> bool:
+    """Was this `stop_gradient` called by JAX's own code? `log_softmax`, `logsumexp` and
+    friends stop the gradient of a shift they subtract for stability; their results do not
+    depend on it, and neither should a straight-through gradient (it would differ by
+    rounding). Decided by the frame that called `lax.stop_gradient` in the equation's
+    source traceback; without a traceback the operation counts as masking."""
+    traceback = getattr(eqn.source_info, "traceback", None)
+    if traceback is None:
+        return False
+    frames = list(traceback.frames)  # innermost first
+    for inner, outer in itertools.pairwise(frames):
+        if inner.function_name == "stop_gradient" and inner.file_name.startswith(_JAX_SRC):
+            return outer.file_name.startswith(_JAX_SRC)
     return False
 
 
@@ -336,8 +371,9 @@ def _open(j) -> Any:
 def _contains_masking(jaxpr, memo: dict) -> bool:
     key = id(jaxpr)
     if key not in memo:
+        used = _used_vars(jaxpr)
         memo[key] = any(
-            _is_masking_eqn(eqn)
+            _is_masking_eqn(eqn, used)
             or (
                 eqn.primitive.name not in _OPAQUE
                 and any(_contains_masking(_open(s), memo) for s in _sub_jaxprs(eqn))
@@ -348,14 +384,13 @@ def _contains_masking(jaxpr, memo: dict) -> bool:
 
 
 def _count(jaxpr, counts: dict[str, int]) -> None:
+    used = _used_vars(jaxpr)
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if _is_masking_eqn(eqn):
+        if _is_masking_eqn(eqn, used):
             counts[name] = counts.get(name, 0) + 1
-        elif "callback" in name:
+        elif "callback" in name and any(v in used for v in eqn.outvars):
             counts["callback"] = counts.get("callback", 0) + 1
-        elif name in _OPAQUE:
-            counts["custom_derivative"] = counts.get("custom_derivative", 0) + 1
         if name not in _OPAQUE:
             for s in _sub_jaxprs(eqn):
                 _count(_open(s), counts)
@@ -415,6 +450,7 @@ def _eval(jaxpr, consts: Sequence, args: Sequence, shadows: Sequence) -> tuple[l
         if s is not None:
             shadow[v] = s
     memo: dict = {}
+    used = _used_vars(jaxpr)
     for eqn in jaxpr.eqns:
         ins = [read(v) for v in eqn.invars]
         in_shadows = [
@@ -423,7 +459,7 @@ def _eval(jaxpr, consts: Sequence, args: Sequence, shadows: Sequence) -> tuple[l
         name = eqn.primitive.name
         out_shadows: list = [None] * len(eqn.outvars)
         subs = _sub_jaxprs(eqn)
-        if name in MASKING_PRIMITIVES and _is_real_float(ins[0]):
+        if name in MASKING_PRIMITIVES and _is_real_float(ins[0]) and _is_masking_eqn(eqn, used):
             outs = [_straight_through_op(eqn.primitive, eqn.params)(ins[0])]
         elif name == "convert_element_type":
             outs = _bind(eqn, ins)
@@ -477,7 +513,10 @@ def _rebuild(closed) -> Any:
     jaxpr = closed.jaxpr
     if not _contains_masking(jaxpr, {}):
         return closed
-    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in jaxpr.invars]
+    avals = [
+        jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, weak_type=v.aval.weak_type)
+        for v in jaxpr.invars
+    ]
     new = jax.make_jaxpr(
         lambda *a: _eval(jaxpr, closed.consts, a, [None] * len(a))[0],
     )(*avals)
