@@ -325,9 +325,11 @@ def test_a_distilled_surrogate_attacks_a_host_callback_model(digits_mlp):
     assert np.sum(r.success & clean) >= 0.75 * np.sum(white.success & clean) > 0
 
 
-def test_distill_rejects_bad_arguments(digits_mlp):
+def test_bad_arguments(digits_mlp):
     w, x, _ = digits_mlp
     model = Partial(_mlp, w)
+    with pytest.raises(jr.InputError, match="needs a model"):
+        straight_through(w)
     with pytest.raises(jr.InputError, match="batch of inputs"):
         distill(model, x[:0], jax.random.key(0))
     with pytest.raises(jr.InputError, match="steps and batch_size"):

@@ -1,4 +1,5 @@
-"""Seeing through masked gradients: straight-through models (BPDA) and transfer attacks.
+"""Seeing through masked gradients: straight-through models (BPDA), transfer attacks and
+distilled surrogates.
 
 A defence that puts a non-differentiable operation in front of (or inside) a model — input
 quantisation `round(x·255)/255`, a `stop_gradient`, a `sign` — gives gradient attacks a zero
@@ -8,10 +9,13 @@ pass with the masking operations' gradient replaced by the identity:
 
   `straight_through(logits_fn)`  same forward values, bit for bit; the gradient of every
                                  masking operation is the identity.
-  `transfer(attack, surrogate)`  run an attack on a surrogate model, count success only on
-                                 the model under evaluation.
-  `bpda(attack)`                 `transfer` with the surrogate `straight_through(target)`,
-                                 built from the target at call time (an `AttackFn`).
+  `bpda(attack)`                 an `AttackFn` (see `jaxrobust.attacks.evaluate`): `attack`
+                                 on `straight_through(target)`, judged on the target.
+  `transfer(attack, surrogate)`  an `AttackFn`: `attack` on a fixed surrogate model, success
+                                 and value recomputed on the target.
+  `distill(target, x, key)`      a differentiable surrogate trained on the target's outputs,
+                                 for what `straight_through` cannot see (host callbacks).
+  `masking_operations(f, x)`     what `straight_through` would replace in `f(x)`.
 
 How `straight_through` works: the model is traced to a jaxpr (`jax.make_jaxpr`) at the
 shapes it is called with and the jaxpr is evaluated again with each masking operation
@@ -19,31 +23,40 @@ replaced by a `jax.custom_jvp` whose forward pass binds the original primitive (
 values) and whose tangent is the input's tangent. What it sees through:
 
   - the primitives `stop_gradient`, `round`, `floor`, `ceil`, `sign` on real floating
-    inputs (so `jnp.round`, `jnp.rint`, `jnp.floor`, `jnp.trunc`, `jnp.fix`, `jnp.sign`,
-    `lax.stop_gradient`, `jnp.round(x, decimals)`, ...), wherever they occur: at top level,
-    inside nested `jax.jit` / Flax calls / `jax.checkpoint` (inlined), and inside
-    `lax.scan`, `lax.cond`, `lax.while_loop` bodies (rebuilt);
+    inputs (so `jnp.round`, `jnp.rint`, `jnp.floor`, `jnp.ceil`, `jnp.trunc`, `jnp.fix`,
+    `jnp.sign`, `lax.stop_gradient`, `jnp.round(x, decimals)`, ...), wherever they occur: at
+    top level, inside nested `jax.jit` / Flax calls / `jax.checkpoint` (inlined, so the
+    straight-through model does not rematerialise), and inside `lax.scan`, `lax.cond`,
+    `lax.while_loop` / `fori_loop` bodies (rebuilt);
   - a float → integer → float cast pair (`(x * 255).astype(jnp.uint8).astype(jnp.float32)`)
-    when the integer value goes straight back to floats; its gradient becomes the identity
-    with respect to the float that was cast (integer arithmetic in between hides it).
+    when the integer value goes straight back to floats (also across `jax.jit` calls); its
+    gradient becomes the identity with respect to the float that was cast. Integer
+    arithmetic between the two casts hides the pair.
+
+Not masking: the `stop_gradient` that JAX's own code applies (`log_softmax`, `logsumexp`
+subtract a stopped maximum for stability; the result does not depend on it), recognised by
+its caller in the equation's source traceback, and operations whose result is unused.
 
 What it cannot see through (the gradient stays what JAX computes):
 
-  - host callbacks (`jax.pure_callback`, `io_callback`): they have no gradient at all;
-  - functions with their own derivative rule (`jax.custom_jvp` / `jax.custom_vjp`):
-    their rule is respected, also when it returns zero (an "opaque" defence); a transfer
-    attack from a differentiable surrogate (`transfer`) is the remedy;
-  - randomness (a model taking a key): use expectation over transformation
-    (`jaxrobust.attacks.expectation_over_transformation`) first, then `straight_through`;
+  - host callbacks (`jax.pure_callback`, `io_callback`): they have no gradient at all
+    (`jax.grad` raises); `distill` a surrogate and attack it with `transfer`;
+  - functions with their own derivative rule (`jax.custom_jvp` / `jax.custom_vjp`): their
+    rule is respected, also when it returns zero (an "opaque" defence): `distill` again;
+  - randomness (a model taking a key): take expectation over transformation first
+    (`jaxrobust.attacks.expectation_over_transformation`), then `straight_through`;
   - gradients that vanish for other reasons: saturated softmax or clipping, thresholds
     built from comparisons (`x > 0.5`), lookup tables indexed by quantised values, models
     that are flat (genuinely robust, or shattered beyond a straight-through estimate).
+    The identity is also only an approximation: a quantiser much coarser than ε leaves
+    the straight-through gradient pointing where the model's decision does not change.
 
-A model with none of these operations is returned unchanged in effect: its call traces the
-jaxpr, finds nothing to replace and calls the model itself, so values and gradients are
-those of the original model. Only the parts of a masked model that contain a masking
-operation are re-evaluated; every other call (including custom-derivative functions)
-is bound as it was traced.
+A model with none of these operations is unchanged: its call traces the jaxpr, finds
+nothing to replace and calls the model itself, so values and gradients are those of the
+original model, bit for bit. Only the parts of a masked model that contain a masking
+operation are re-evaluated; every other call (including custom-derivative functions) is
+bound as it was traced. Each call of a straight-through model traces the model once more
+(at trace time of the caller's `jax.jit`: no cost in the compiled program).
 
 A model given as a `jax.tree_util.Partial` stays one: `straight_through(Partial(f, w))`
 is a Partial whose leaves are `w`, so a jitted function that takes it as an argument keeps
@@ -104,9 +117,14 @@ def straight_through(logits_fn: Callable) -> jax.tree_util.Partial:
       Partial input its leaves are the input's leaves (the weights stay program inputs
       under `jax.jit`); equal inputs give equal (same tree structure) outputs. Jittable
       and vmappable.
+
+    Raises:
+      InputError: `logits_fn` is not callable.
     """
     if not callable(logits_fn):
-        raise TypeError(f"straight_through needs a callable model, got {type(logits_fn)}")
+        raise InputError(
+            f"straight_through needs a model logits_fn(x) -> logits, got {type(logits_fn).__name__}"
+        )
     if isinstance(logits_fn, jax.tree_util.Partial):
         return jax.tree_util.Partial(_straight_through_call, logits_fn)
     return jax.tree_util.Partial(_StaticModel(logits_fn))
