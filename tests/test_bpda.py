@@ -3,12 +3,17 @@ transfer attacks count success on the target only."""
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from jax.tree_util import Partial
 
 import jaxrobust as jr
@@ -106,6 +111,36 @@ def test_straight_through_sees_through_a_quantiser(name, quantiser):
     # Forward mode sees through as well.
     _, tangent = jax.jvp(st, (X,), (jnp.ones_like(X),))
     np.testing.assert_allclose(tangent, want.sum(), rtol=1e-5)
+
+
+_QUANTISERS = {"round": jnp.round, "floor": jnp.floor, "ceil": jnp.ceil, "sign": jnp.sign}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    x=hnp.arrays(np.float32, (7,), elements=st.floats(-2, 2, width=32)),
+    op=st.sampled_from(sorted(_QUANTISERS)),
+    levels=st.integers(1, 255),
+)
+def test_straight_through_of_any_quantiser_is_exact_forward_and_identity_backward(x, op, levels):
+    """Any input, any quantisation step: bit-identical values; the gradient is g's at the
+    quantised point (tiny vectors, jitted once per quantiser; levels and x are traced)."""
+    st_grad, plain, want = _quantiser_checks(op)(jnp.asarray(x), jnp.float32(levels))
+    assert np.asarray(plain[0]) == np.asarray(plain[1])
+    np.testing.assert_allclose(st_grad, want, rtol=1e-5, atol=1e-5)
+
+
+@functools.cache
+def _quantiser_checks(op):
+    q = _QUANTISERS[op]
+
+    @jax.jit
+    def checks(x, levels):
+        f = lambda z: _g(q(z * levels) / levels)  # noqa: E731
+        st = straight_through(f)
+        return jax.grad(st)(x), (f(x), st(x)), jax.grad(_g)(q(x * levels) / levels)
+
+    return checks
 
 
 def test_straight_through_in_a_while_loop_forward_mode():

@@ -51,6 +51,10 @@ What it cannot see through (the gradient stays what JAX computes):
     The identity is also only an approximation: a quantiser much coarser than ε leaves
     the straight-through gradient pointing where the model's decision does not change.
 
+Every masking primitive is replaced, wherever it is: a smooth function that uses `sign` or
+`round` as a factor (`sign(x) * log1p(abs(x))`) gets the straight-through term as well,
+so its gradient changes; `masking_operations` lists what will be replaced.
+
 A model with none of these operations is unchanged: its call traces the jaxpr, finds
 nothing to replace and calls the model itself, so values and gradients are those of the
 original model, bit for bit. Only the parts of a masked model that contain a masking
