@@ -369,3 +369,19 @@ def test_bad_arguments(digits_mlp):
         distill(model, x[:0], jax.random.key(0))
     with pytest.raises(jr.InputError, match="steps and batch_size"):
         distill(model, x, jax.random.key(0), steps=0)
+
+
+def test_bpda_in_the_evaluate_cascade(digits_mlp):
+    """`bpda(attack)` is a cascade AttackFn: on the stop_gradient-masked model it reports the
+    unmasked model's robust accuracy, where the plain attack reports (almost) clean accuracy."""
+    from jaxrobust.attacks.evaluate import ATTACKS
+
+    w, x, y = digits_mlp
+    kw = dict(eps=0.2, batch_size=32, checks=False)
+    pgd10 = ATTACKS["pgd-10"]
+    masked = Partial(lambda w, z: jax.lax.stop_gradient(_mlp(w, z)), w)
+    unmasked = jr.evaluate(Partial(_mlp, w), x, y, jax.random.key(0), attacks=[("p", pgd10)], **kw)
+    blind = jr.evaluate(masked, x, y, jax.random.key(0), attacks=[("p", pgd10)], **kw)
+    seen = jr.evaluate(masked, x, y, jax.random.key(0), attacks=[("b", bpda(pgd10))], **kw)
+    assert seen.robust_accuracy == unmasked.robust_accuracy
+    assert blind.robust_accuracy[0] > unmasked.robust_accuracy[0] + 0.2
