@@ -350,7 +350,7 @@ def test_as_logits_fn_errors(built):
     with pytest.raises(InputError, match="'params'"):
         as_logits_fn(model, variables["params"])
     with pytest.raises(InputError, match=r"only used with a flax\.linen"):
-        as_logits_fn(_plain_fn, variables)
+        as_logits_fn(TinyNNX(nnx.Rngs(0)), variables)
     with pytest.raises(InputError, match="cannot make a logits function"):
         as_logits_fn(42)
     with pytest.raises(InputError, match="linen"):
