@@ -3,42 +3,21 @@ jitted function taking an adapted model compiles once for all checkpoints of an 
 
 from __future__ import annotations
 
-import contextlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compile_log import lowerings
 from flax import nnx
 
 import jaxrobust as jr
 from jaxrobust.models import MLP
 from jaxrobust.train import TrainState
 
-LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 SHAPE = (8, 8, 1)
 EPS = 0.1
-
-
-@contextlib.contextmanager
-def lowerings(fun_name: str):
-    """Count how often JAX lowers (i.e. compiles in memory) the jitted function `fun_name`,
-    from JAX's own monitoring events; a persistent-cache hit is still counted."""
-    seen: list[str] = []
-
-    def listener(event: str, _: float, *, fun_name: str = "", **__: object) -> None:
-        if event == LOWERING:
-            seen.append(fun_name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        counts: list[int] = []
-        yield counts
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-        counts.append(seen.count(f"jit({fun_name})"))
 
 
 def attack(f, x, y, key):

@@ -221,7 +221,7 @@ def _check_variables(variables: Any) -> None:
         )
 
 
-def linen_mode(module: nn.Module, train: bool) -> tuple[tuple[str, bool], ...]:
+def _linen_mode(module: nn.Module, train: bool) -> tuple[tuple[str, bool], ...]:
     """The keyword arguments that put `module.__call__` in training or inference mode.
 
     The first of `train`, `training`, `is_training` (set to `train`) or `deterministic` (set
@@ -252,7 +252,7 @@ def _linen_logits_fn(model: nn.Module, variables: Mapping[str, Any], train: bool
     # In train mode BatchNorm updates its statistics: mark every collection but the
     # parameters mutable, and drop the updates (the function stays pure).
     mutable = tuple(sorted(k for k in variables if k != "params")) if train else ()
-    apply = _LinenApply(model, linen_mode(model, train), mutable)
+    apply = _LinenApply(model, _linen_mode(model, train), mutable)
     return _hashable(apply, f"the linen module {type(model).__name__}"), (variables,)
 
 
@@ -408,7 +408,7 @@ def as_features_fn(
             f"{type(model).__name__}"
         )
     _check_variables(variables)
-    func = _LinenFeatures(model, linen_mode(model, False), capture_intermediates)
+    func = _LinenFeatures(model, _linen_mode(model, False), capture_intermediates)
     return jax.tree_util.Partial(
         _hashable(func, f"the linen module {type(model).__name__}"), variables
     )
