@@ -34,16 +34,18 @@ class LoadedRun(NamedTuple):
         return self.state.logits_fn()
 
 
-def load_run(run_dir: str | os.PathLike[str], *, best: bool = False, step: int | None = None):
+def load_run(
+    run_dir: str | os.PathLike[str], *, best: bool = False, step: int | None = None
+) -> LoadedRun:
     """Restore a training run: its state at a checkpoint, and its configuration.
 
-        run = jr.load_run("runs/digits-pgd_at")            # the latest checkpoint
+        run = jr.load_run("runs/digits-pgd_at")  # the latest checkpoint
         report = jr.evaluate(run.logits_fn(), x, y, key, eps=0.1)
 
     Args:
       run_dir: the run's directory (holding config.json and checkpoints/).
-      best: restore the best checkpoint (what `jaxrobust eval --best` uses: ranked by the
-        validation robust accuracy, or the early-stopping metric) instead of the latest.
+      best: restore the best checkpoint instead of the latest, the one `jaxrobust eval
+        --best` evaluates (metrics.json names the metric that ranks it).
       step: restore the checkpoint of this training step instead (see
         `jaxrobust.checkpoint.Checkpointer.steps()` for those on disk); not with `best`.
     Returns:

@@ -248,4 +248,5 @@ def test_unhashable_module_still_works_with_a_warning():
 def test_already_adapted_models_are_returned_unchanged():
     f, _ = _linen_no_train(jax.random.key(0))
     assert jr.as_logits_fn(f) is f
-    assert jr.as_logits_fn(_plain) is _plain
+    plain = jr.as_logits_fn(_plain)
+    assert jr.as_logits_fn(plain) is plain

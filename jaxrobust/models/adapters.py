@@ -243,6 +243,20 @@ def _is_equinox_module(model: Any) -> bool:
     return eqx is not None and isinstance(model, eqx.Module)
 
 
+def _is_pytree_callable(model: Any) -> bool:
+    """A callable registered as a pytree with leaves of its own (e.g. a `Partial`)."""
+    leaves = jax.tree.leaves(model)
+    return not (len(leaves) == 1 and leaves[0] is model)
+
+
+def _is_hashable(obj: Any) -> bool:
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True
+
+
 def _is_array(leaf: Any) -> bool:
     return isinstance(leaf, jax.Array | np.ndarray | np.generic)
 
@@ -308,8 +322,9 @@ def as_logits_fn(
           takes whole batches);
       (d) a Haiku-style `apply(params, x)` function plus its `params` as `variables`
           (`hk.without_apply_rng(hk.transform(f)).apply` is one);
-      (e) any other callable `logits_fn(x)`, returned unchanged (or vmapped over the batch
-          with `batched=False`).
+      (e) any other callable `logits_fn(x)`, wrapped as `jax.tree_util.Partial(logits_fn)`
+          so that it too can be an argument of a jitted function (vmapped over the batch
+          with `batched=False`); one that is a pytree itself is returned unchanged.
 
     With `train=False` (the default, what attacks and evaluation want) BatchNorm uses its
     running statistics and dropout is off, so each example's logits do not depend on the rest
@@ -318,8 +333,8 @@ def as_logits_fn(
     counters are not carried over between calls. (A linen model with active dropout would
     also need a "dropout" rng: wrap it in your own closure for that.)
 
-    For (a)-(d) (and (e) with `batched=False`) the result is a `jax.tree_util.Partial`: its
-    leaves are the weights and its static part compares equal for equal architectures, so a
+    The result is a `jax.tree_util.Partial` (but for the cases above): its leaves are the
+    weights and its static part compares equal for equal architectures, so a
     jitted function that takes it as an argument compiles once and serves every checkpoint:
 
         attack = jax.jit(lambda f, x, y, key: jr.pgd(f, x, y, key, threat=jr.linf(0.1)))
@@ -361,8 +376,11 @@ def as_logits_fn(
             func, args = _pytree_logits_fn(model)
             batched = False if batched is None else batched
     elif callable(model):
-        if variables is None and batched in (None, True):
-            return model
+        plain = variables is None and batched in (None, True)
+        if plain and _is_pytree_callable(model):
+            return model  # it carries its weights as pytree leaves already
+        if plain and not _is_hashable(model):
+            return model  # cannot be static data: usable under jit only by closing over it
         func = _hashable(_stable(model), f"the function {getattr(model, '__name__', model)!r}")
         args = () if variables is None else (variables,)
     else:
