@@ -20,6 +20,7 @@ from jaxrobust.attacks import (
     transform_grid,
     worst_of_k,
 )
+from jaxrobust.compilation_cache import enable_compilation_cache
 from jaxrobust.errors import (
     CheckpointError,
     ConfigError,
@@ -38,6 +39,8 @@ from jaxrobust.losses import (
 )
 from jaxrobust.models import as_features_fn, as_logits_fn, create_model, init_model
 from jaxrobust.optimize import Result, StepRule, best_of, fixed_step, optax_step, optimize
+from jaxrobust.parallel import shard_examples, use_cpu_cores_as_devices
+from jaxrobust.runs import LoadedRun, load_run
 from jaxrobust.threat import (
     ThreatModel,
     get_threat,
@@ -58,6 +61,7 @@ __all__ = [
     "DatasetError",
     "InputError",
     "JaxRobustError",
+    "LoadedRun",
     "Result",
     "StepRule",
     "ThreatModel",
@@ -71,6 +75,7 @@ __all__ = [
     "cross_entropy",
     "dlr",
     "dlr_targeted",
+    "enable_compilation_cache",
     "evaluate",
     "fab",
     "fab_targeted",
@@ -84,6 +89,7 @@ __all__ = [
     "l1",
     "l2",
     "linf",
+    "load_run",
     "margin",
     "masked",
     "optax_step",
@@ -91,10 +97,12 @@ __all__ = [
     "pgd",
     "query_limited_attack",
     "rotate_translate",
+    "shard_examples",
     "spatial",
     "square",
     "targeted",
     "transform_grid",
     "unconstrained",
+    "use_cpu_cores_as_devices",
     "worst_of_k",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -75,8 +76,17 @@ def use_cpu_cores_as_devices(count: int | None = None) -> int | None:
     examples (benchmarks/scaling.py). The `jaxrobust` commands call this at start-up;
     library functions never do (it is process-wide configuration).
 
-    Must run before JAX creates its backends. It changes nothing (returns None) when they
-    exist already, or when the user chose a CPU device count already (`XLA_FLAGS` with
+    From Python, call it first thing, before any JAX computation (creating an array, a
+    `jax.random.key`, `jax.devices()`): JAX creates its backends then, and the device count
+    is fixed from that moment on.
+
+        import jaxrobust as jr
+        jr.use_cpu_cores_as_devices()  # before anything else touches JAX
+        x, y = jr.shard_examples(x, y)  # then spread each batch over the devices
+
+    It changes nothing (returns None) when the backends exist already (with a
+    `RuntimeWarning` when the CPU is the default backend and has another device count: the
+    call came too late), or when the user chose a CPU device count already (`XLA_FLAGS` with
     `--xla_force_host_platform_device_count`, `JAX_NUM_CPU_DEVICES` or the
     `jax_num_cpu_devices` option). Accelerator backends are unaffected: the option only
     shapes the CPU backend, which is not the default where an accelerator is present.
@@ -104,8 +114,18 @@ def use_cpu_cores_as_devices(count: int | None = None) -> int | None:
     if (
         "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
         or jax.config.jax_num_cpu_devices >= 0
-        or xla_bridge.backends_are_initialized()
     ):
+        return None
+    if xla_bridge.backends_are_initialized():
+        if jax.default_backend() == "cpu" and jax.local_device_count() != n:
+            warnings.warn(
+                f"use_cpu_cores_as_devices({n}) came after JAX created its backends, so the "
+                f"CPU keeps {jax.local_device_count()} device(s): call it before any JAX "
+                "computation (first thing after the imports), or set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting Python",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return None
     jax.config.update("jax_num_cpu_devices", n)
     return n
@@ -179,6 +199,47 @@ def shard_global_batch(batch: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
     return jax.tree.map(place, batch)
+
+
+def shard_examples(*batches: Any, mesh: Mesh | None = None) -> Any:
+    """Spread a batch over the devices, for a user's own jitted attack or model.
+
+    A jitted function given arrays sharded along their batch axis runs one slice per device
+    (XLA partitions the program): with `use_cpu_cores_as_devices()` that is one slice per CPU
+    core. Per-example results are those of one device (up to float rounding).
+
+        x, y = jr.shard_examples(x, y)
+        result = attack(jr.as_logits_fn(model, variables), x, y, key)  # a jitted attack
+
+    The model's weights need no placing: uncommitted arrays (as `init` returns them) go where
+    the program runs. Weights already placed elsewhere (e.g. on one device by
+    `jax.device_put(w, device)`) must be replicated over the same mesh:
+    `jaxrobust.parallel.replicate(logits_fn, mesh)`.
+
+    Args:
+      *batches: arrays (or pytrees of arrays) with the same leading batch size B, the whole
+        batch (with several processes, every process passes the same, whole batch).
+      mesh: a 1-D mesh with axis "data"; default `data_mesh_for_batch(B)`: all devices, or
+        as many as divide B evenly.
+    Returns:
+      The inputs as global `jax.Array`s sharded along axis 0: one value for one input, a
+      tuple otherwise.
+    Raises:
+      InputError: no input, leading sizes that differ, or (with `mesh`) a batch size not
+        divisible by the mesh's device count.
+    """
+    leaves = jax.tree.leaves(batches)
+    if not leaves:
+        raise InputError("shard_examples needs at least one array")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise InputError(
+            "every input must be an array with the same leading batch axis, got leading "
+            f"sizes {sorted(map(str, sizes))}"
+        )
+    mesh = data_mesh_for_batch(sizes.pop()) if mesh is None else mesh
+    out = shard_global_batch(batches, mesh)
+    return out[0] if len(out) == 1 else out
 
 
 def local_copy(tree: Any) -> Any:

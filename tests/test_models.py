@@ -304,8 +304,10 @@ def test_as_logits_fn_jit_and_vmap(built, kind):
     np.testing.assert_allclose(per_example, eager[0], rtol=1e-5, atol=1e-6)
 
 
-def test_as_logits_fn_plain_callable_unchanged():
-    assert as_logits_fn(_plain_fn) is _plain_fn
+def test_as_logits_fn_plain_callable_becomes_a_pytree():
+    f = as_logits_fn(_plain_fn)
+    assert isinstance(f, jax.tree_util.Partial) and f.func is _plain_fn
+    assert jax.tree.structure(f) == jax.tree.structure(as_logits_fn(_plain_fn))
 
 
 def test_as_logits_fn_nnx_eval_mode_and_caller_untouched():
@@ -350,7 +352,7 @@ def test_as_logits_fn_errors(built):
     with pytest.raises(InputError, match="'params'"):
         as_logits_fn(model, variables["params"])
     with pytest.raises(InputError, match=r"only used with a flax\.linen"):
-        as_logits_fn(_plain_fn, variables)
+        as_logits_fn(TinyNNX(nnx.Rngs(0)), variables)
     with pytest.raises(InputError, match="cannot make a logits function"):
         as_logits_fn(42)
     with pytest.raises(InputError, match="linen"):

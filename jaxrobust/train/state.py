@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -12,13 +12,19 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxrobust.models import init_model
+from jaxrobust.models import as_logits_fn, init_model
 
 Array = jax.Array
 
 
-def _apply_eval(apply_fn: Callable, variables: Any, x: Array) -> Array:
-    return apply_fn(variables, x, train=False)
+@dataclasses.dataclass(frozen=True)
+class _ApplyEval:
+    """`apply_fn(variables, x, train=False)`; equal for equal `apply_fn`s."""
+
+    apply_fn: Callable
+
+    def __call__(self, variables: Any, x: Array) -> Array:
+        return self.apply_fn(variables, x, train=False)
 
 
 @struct.dataclass
@@ -74,11 +80,16 @@ class TrainState:
     def logits_fn(self, params: Any | None = None) -> Callable[[Array], Array]:
         """The model in inference mode (BatchNorm uses running statistics): x -> logits.
 
-        A `jax.tree_util.Partial` over the variables: passed to a jitted function as an
-        argument (as `evaluate` does), the weights are inputs of the compiled program."""
-        return jax.tree_util.Partial(
-            functools.partial(_apply_eval, self.apply_fn), self.variables(params)
-        )
+        A `jax.tree_util.Partial` over the variables (`as_logits_fn` of the state's linen
+        module): passed to a jitted function as an argument (as `evaluate` does), the weights
+        are inputs of the compiled program, and its static part compares equal for every
+        state of the same architecture, so a new checkpoint (or a second call) reuses the
+        compiled program."""
+        variables = self.variables(params)
+        module = getattr(self.apply_fn, "__self__", None)
+        if isinstance(module, nn.Module):  # `apply_fn` is `module.apply`, as `create` sets it
+            return as_logits_fn(module, variables)
+        return jax.tree_util.Partial(_ApplyEval(self.apply_fn), variables)
 
     def train_forward(self, params: Any, x: Array) -> tuple[Array, Any]:
         """Training-mode forward pass: (logits, updated batch_stats)."""
