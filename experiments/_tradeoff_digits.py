@@ -71,6 +71,90 @@ SETTINGS = {
 }
 
 
+def measured_over_seeds(a, what: str, seeds: int, n_test: int) -> dict:
+    """A seed-mean of per-seed test numbers (trailing axis: seeds) with its SE over seeds."""
+    return C.measured(
+        D.seed_mean(a),
+        n=seeds,
+        se=D.seed_se(a),
+        how=f"{what}, on the {n_test} test images, mean over {seeds} training seeds; SE over seeds",
+    )
+
+
+def acceptance(
+    cfg: dict,
+    n_test: int,
+    clean_eps,
+    own_mean,
+    std_curve,
+    low_clean,
+    saliency: dict,
+) -> dict:
+    """The digits claims, from per-seed numbers: clean_eps (E, S) clean accuracy per ε_train
+    and seed; own_mean (E,) robust accuracy at each model's own ε_train; std_curve (E,) the
+    standard model's accuracy at each attack ε (= the ε_train grid); low_clean
+    (E_low, N, S) low-data clean accuracy; saliency: measure -> (E,) seed means."""
+    mean, se = D.seed_mean, D.seed_se
+    eps_train, low_eps = list(cfg["eps_train"]), list(cfg["low_eps"])
+    S_low = cfg["low_seeds"]
+    clean_eps, low_clean = np.asarray(clean_eps, float), np.asarray(low_clean, float)
+    own_mean, std_curve = np.asarray(own_mean, float), np.asarray(std_curve, float)
+    clean_mean = mean(clean_eps)
+    change = clean_eps - clean_eps[:1]  # (E, S): clean accuracy minus standard's, paired
+    peak = int(np.argmax(clean_mean))
+    diff = low_clean[1:] - low_clean[:1]  # (E_low − 1, N, S): AT − standard, paired
+    pooled = diff.mean(1)  # (E_low − 1, S): averaged over n, per seed
+    sal = {k: np.asarray(v, float) for k, v in saliency.items()}
+    at_rows = range(1, len(eps_train))
+    by_eps = lambda f: {f"{e:g}": f(k) for k, e in enumerate(low_eps[1:])}  # noqa: E731
+    full_change = {f"{e:g}": change[eps_train.index(e)] for e in low_eps[1:] if e in eps_train}
+    over_seeds = lambda a, what, seeds: measured_over_seeds(a, what, seeds, n_test)  # noqa: E731
+    acc = {
+        "clean_minus_standard_pp": over_seeds(
+            100 * change,
+            "clean accuracy minus the standard model's (pp, paired by seed)",
+            cfg["seeds"],
+        ),
+        "clean_peak_eps_train": eps_train[peak],
+        "clean_peak_interior": bool(0 < peak < len(eps_train) - 1),
+        # Small ε_train raises clean accuracy (by > 2 SE, paired) up to the peak ...
+        "clean_above_standard_up_to_peak": bool(
+            peak > 0 and np.all(mean(change)[1 : peak + 1] > 2 * se(change)[1 : peak + 1])
+        ),
+        # ... and it falls only beyond it.
+        "clean_nonincreasing_beyond_peak": bool(np.all(np.diff(clean_mean[peak:]) <= 0)),
+        "clean_monotone_nonincreasing": bool(np.all(np.diff(clean_mean) <= 0)),
+        "clean_at_max_eps_below_standard": bool(mean(change)[-1] < -2 * se(change)[-1]),
+        "at_more_robust_than_standard_at_own_eps": bool(np.all(own_mean[1:] > std_curve[1:])),
+        "robust_at_own_eps_decreasing": bool(np.all(np.diff(own_mean) < 0)),
+        "low_data_at_minus_standard_pp": by_eps(
+            lambda k: over_seeds(
+                100 * diff[k], "AT minus standard clean accuracy (pp), per n", S_low
+            )
+        ),
+        "low_data_at_better_by_2se": by_eps(lambda k: (mean(diff[k]) > 2 * se(diff[k])).tolist()),
+        "low_data_at_worse_by_2se": by_eps(lambda k: (mean(diff[k]) < -2 * se(diff[k])).tolist()),
+        "low_data_pooled_at_minus_standard_pp": by_eps(
+            lambda k: over_seeds(
+                100 * pooled[k], "AT minus standard clean accuracy (pp), averaged over n", S_low
+            )
+        ),
+        "low_data_at_helps": by_eps(lambda k: bool(mean(pooled[k]) > 2 * se(pooled[k]))),
+        # The same ε_train on the full training set: is the gain specific to low data?
+        "full_set_at_helps": {e: bool(mean(c) > 2 * se(c)) for e, c in full_change.items()},
+        "robust_abs_grad_more_on_strokes": bool(
+            all(sal["abs_grad_vs_image"][i] > sal["abs_grad_vs_image"][0] for i in at_rows)
+        ),
+        "robust_descent_more_like_template": bool(
+            all(sal["descent_vs_template"][i] > sal["descent_vs_template"][0] for i in at_rows)
+        ),
+        "robust_gradients_sparser": bool(
+            all(sal["effective_pixels"][i] < sal["effective_pixels"][0] for i in at_rows)
+        ),
+    }
+    return acc
+
+
 def digits_experiment(key: Array, cfg: dict, out: Path, smoke: bool, seed: int) -> dict:
     """The real-data trade-off on digits; writes out/tradeoff_digits.{json,png} and
     out/tradeoff_saliency.png, returns the JSON dict."""
@@ -135,72 +219,21 @@ def digits_experiment(key: Array, cfg: dict, out: Path, smoke: bool, seed: int) 
     }
     saliency_time = time.perf_counter() - t
 
-    mean, se = D.seed_mean, D.seed_se
+    mean = D.seed_mean
     S, S_low, n_test = cfg["seeds"], cfg["low_seeds"], int(x_test.shape[0])
     clean_mean, own_mean = mean(clean_eps), mean(own)
-    change = clean_eps - clean_eps[:1]  # (E, S): clean accuracy minus standard's, paired
-    peak = int(np.argmax(clean_mean))
     diff = low_clean[1:] - low_clean[:1]  # (E_low − 1, N, S): AT − standard, paired
-    pooled = diff.mean(1)  # (E_low − 1, S): averaged over n, per seed
-    sal = {k: mean(v) for k, v in measures.items()}
-    at_rows = range(1, len(eps_train))
-    by_eps = lambda f: {f"{e:g}": f(k) for k, e in enumerate(low_eps[1:])}  # noqa: E731
-    full_change = {f"{e:g}": change[eps_train.index(e)] for e in low_eps[1:] if e in eps_train}
     attack = f"PGD-{cfg['eval_steps']}x{cfg['eval_restarts']}"
-
-    def over_seeds(a, what: str, seeds: int = S) -> dict:
-        """A seed-mean of per-seed test numbers (trailing axis: seeds) with its SE."""
-        return C.measured(
-            mean(a),
-            n=seeds,
-            se=se(a),
-            how=f"{what}, on the {n_test} test images, mean over {seeds} training seeds; "
-            "SE over seeds",
-        )
-
-    acc = {
-        "clean_minus_standard_pp": over_seeds(
-            100 * change, "clean accuracy minus the standard model's (pp, paired by seed)"
-        ),
-        "clean_peak_eps_train": eps_train[peak],
-        "clean_peak_interior": bool(0 < peak < len(eps_train) - 1),
-        # Small ε_train raises clean accuracy (by > 2 SE, paired) up to the peak ...
-        "clean_above_standard_up_to_peak": bool(
-            peak > 0 and np.all(mean(change)[1 : peak + 1] > 2 * se(change)[1 : peak + 1])
-        ),
-        # ... and it falls only beyond it.
-        "clean_nonincreasing_beyond_peak": bool(np.all(np.diff(clean_mean[peak:]) <= 0)),
-        "clean_monotone_nonincreasing": bool(np.all(np.diff(clean_mean) <= 0)),
-        "clean_at_max_eps_below_standard": bool(mean(change)[-1] < -2 * se(change)[-1]),
-        "at_more_robust_than_standard_at_own_eps": bool(
-            np.all(own_mean[1:] > mean(curves[0, :, 1:].T))
-        ),
-        "robust_at_own_eps_decreasing": bool(np.all(np.diff(own_mean) < 0)),
-        "low_data_at_minus_standard_pp": by_eps(
-            lambda k: over_seeds(
-                100 * diff[k], "AT minus standard clean accuracy (pp), per n", S_low
-            )
-        ),
-        "low_data_at_better_by_2se": by_eps(lambda k: (mean(diff[k]) > 2 * se(diff[k])).tolist()),
-        "low_data_at_worse_by_2se": by_eps(lambda k: (mean(diff[k]) < -2 * se(diff[k])).tolist()),
-        "low_data_pooled_at_minus_standard_pp": by_eps(
-            lambda k: over_seeds(
-                100 * pooled[k], "AT minus standard clean accuracy (pp), averaged over n", S_low
-            )
-        ),
-        "low_data_at_helps": by_eps(lambda k: bool(mean(pooled[k]) > 2 * se(pooled[k]))),
-        # The same ε_train on the full training set: is the gain specific to low data?
-        "full_set_at_helps": {e: bool(mean(c) > 2 * se(c)) for e, c in full_change.items()},
-        "robust_abs_grad_more_on_strokes": bool(
-            all(sal["abs_grad_vs_image"][i] > sal["abs_grad_vs_image"][0] for i in at_rows)
-        ),
-        "robust_descent_more_like_template": bool(
-            all(sal["descent_vs_template"][i] > sal["descent_vs_template"][0] for i in at_rows)
-        ),
-        "robust_gradients_sparser": bool(
-            all(sal["effective_pixels"][i] < sal["effective_pixels"][0] for i in at_rows)
-        ),
-    }
+    over_seeds = lambda a, what, seeds=S: measured_over_seeds(a, what, seeds, n_test)  # noqa: E731
+    acc = acceptance(
+        cfg,
+        n_test,
+        clean_eps,
+        own_mean,
+        mean(curves[0].T),
+        low_clean,
+        {k: mean(v) for k, v in measures.items()},
+    )
     data = {
         **D.report_header(NAME, smoke, seed, cfg, x, x_test),
         "eps_sweep": {
