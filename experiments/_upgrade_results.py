@@ -22,6 +22,7 @@ import _common as C  # experiments/ is on sys.path (script dir, or added by the 
 import _tradeoff_digits as TD
 import _tradeoff_plots as P
 import numpy as np
+import robust_overfitting as RO
 import spatial as SP
 
 from jaxrobust import report
@@ -150,6 +151,42 @@ def upgrade_tradeoff_digits(old: dict, source_commit: str) -> dict:
     return C.jsonable(new)
 
 
+def upgrade_robust_overfitting(old: dict, source_commit: str) -> dict:
+    """robust_overfitting.json from before the schema: the analysis (window means, measured
+    records) recomputed by `robust_overfitting.analyse` from the stored per-epoch history
+    and final evaluation."""
+    s = dict(old["settings"])
+    fe = old["final_evaluation"]
+    metrics = {
+        "num_test": s["num_test"],
+        "early_stopping": {
+            "selected_epoch": old["selected_epoch"],
+            "selected": fe["selected"],
+            "last": fe["last"],
+        },
+    }
+    result = RO.analyse(old["history"], s, metrics, old["lr_decay_epochs"])
+    new = {
+        "experiment": "robust_overfitting",
+        "smoke": old["smoke"],
+        "seed": s["seed"],
+        "settings": s,
+        "lr_decay_epochs": old["lr_decay_epochs"],
+        **result,
+        "train_time_s": round(float(old["train_seconds"]), 2),
+        "history": old["history"],
+        "wall_time_s": old["wall_time_s"],
+        "jaxrobust_version": None,
+        "git_commit": None,
+        "provenance": _provenance(
+            source_commit,
+            "everything but history, final evaluation and times recomputed by "
+            "robust_overfitting.analyse from the stored history",
+        ),
+    }
+    return C.jsonable(new)
+
+
 def main(results: str) -> int:
     root = Path(results)
     # (JSON, upgrade, commit that added the run's numbers, figures redrawn from the result)
@@ -170,8 +207,23 @@ def main(results: str) -> int:
             ],
         ),
     ]
+    if "--robust-overfitting" in sys.argv:
+        jobs.append(
+            (
+                "robust_overfitting/robust_overfitting.json",
+                upgrade_robust_overfitting,
+                "dd6c6d9",
+                [
+                    lambda d, out: RO.plot(
+                        d["history"], d, d["lr_decay_epochs"], out / "robust_overfitting.png"
+                    )
+                ],
+            )
+        )
     for rel, fn, commit, figures in jobs:
         path = root / rel
+        if not path.exists():
+            continue
         old = json.loads(path.read_text())
         if "provenance" in old or "git_commit" in old:
             print(f"{rel}: already in the current schema")
@@ -185,4 +237,5 @@ def main(results: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1] if len(sys.argv) > 1 else "experiments/results"))
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    raise SystemExit(main(args[0] if args else "experiments/results"))
