@@ -22,10 +22,7 @@ import _common as C  # experiments/ is on sys.path (script dir, or added by the 
 import _tradeoff_digits as TD
 import _tradeoff_plots as P
 import numpy as np
-import robust_gaussian as RG
-import robust_overfitting as RO
 import spatial as SP
-import tradeoff as T
 
 from jaxrobust import report
 
@@ -153,164 +150,6 @@ def upgrade_tradeoff_digits(old: dict, source_commit: str) -> dict:
     return C.jsonable(new)
 
 
-def upgrade_robust_overfitting(old: dict, source_commit: str) -> dict:
-    """robust_overfitting.json from before the schema: the analysis (window means, measured
-    records) recomputed by `robust_overfitting.analyse` from the stored per-epoch history
-    and final evaluation."""
-    s = dict(old["settings"])
-    fe = old["final_evaluation"]
-    metrics = {
-        "num_test": s["num_test"],
-        "early_stopping": {
-            "selected_epoch": old["selected_epoch"],
-            "selected": fe["selected"],
-            "last": fe["last"],
-        },
-    }
-    result = RO.analyse(old["history"], s, metrics, old["lr_decay_epochs"])
-    new = {
-        "experiment": "robust_overfitting",
-        "smoke": old["smoke"],
-        "seed": s["seed"],
-        "settings": s,
-        "lr_decay_epochs": old["lr_decay_epochs"],
-        **result,
-        "train_time_s": round(float(old["train_seconds"]), 2),
-        "history": old["history"],
-        "wall_time_s": old["wall_time_s"],
-        "jaxrobust_version": None,
-        "git_commit": None,
-        "provenance": _provenance(
-            source_commit,
-            "everything but history, final evaluation and times recomputed by "
-            "robust_overfitting.analyse from the stored history",
-        ),
-    }
-    return C.jsonable(new)
-
-
-def upgrade_tradeoff(old: dict, source_commit: str) -> dict:
-    """tradeoff.json (synthetic part) from before the schema: closed-form and measured
-    records (binomial SE at the stored test size), the bound checked on the measured numbers
-    and the acceptance recomputed by `tradeoff.acceptance`."""
-    cfg = dict(old["settings"])
-    p, eta, m = cfg["p"], cfg["eta"], int(cfg["test"])
-    cfg.setdefault("switch_over_eta", 1.0)
-    cfg.update(train_size=cfg["train"], test_size=m)
-    formula = "Φ-formula of the linear model (module _tradeoff_model.accuracy)"
-    meas = lambda x, how: C.measured(x, n=m, se=float(C.mc_se(x, m)), how=how)  # noqa: E731
-    models = []
-    for r in old["models"]:
-        st = meas(r["standard_accuracy_test"], "clean accuracy on fresh test samples")
-        rb = meas(
-            r["robust_accuracy_pgd"],
-            f"accuracy under the library's PGD-{cfg['eval_pgd_steps']} (ℓ∞, ε = 2η) on "
-            "fresh test samples",
-        )
-        models.append(
-            {
-                "name": r["name"],
-                "eps_train": r["eps_train"],
-                "eps_train_over_eta": round(r["eps_train"] / eta, 6),
-                "standard_accuracy": C.closed_form(r["standard_accuracy"], how=formula + ", ε = 0"),
-                "robust_accuracy": C.closed_form(r["robust_accuracy"], how=formula + ", ε = 2η"),
-                "standard_accuracy_test": st,
-                "robust_accuracy_pgd": rb,
-                "pgd_agrees": r["pgd_agrees"],
-                "bound_closed_form": C.closed_form(
-                    r["bound"], how="p(1 − A)/(1 − p), A closed form"
-                ),
-                "bound_check": T.bound_check(st, rb, p),
-                **{k: r[k] for k in ("v1", "weak_l1", "weak_mean", "x1_share_of_l1", "bias")},
-            }
-        )
-    bl = old["blend"]
-    new = {
-        "experiment": "tradeoff",
-        "seed": old["seed"],
-        "settings": cfg,
-        "models": models,
-        "references": {
-            k: {a: C.closed_form(b, how=formula) for a, b in ref.items()}
-            for k, ref in old["references"].items()
-        },
-        "blend": {
-            "alpha": bl["alpha"],
-            "standard_accuracy": C.closed_form(bl["standard_accuracy"], how=formula),
-            "robust_accuracy": C.closed_form(bl["robust_accuracy"], how=formula),
-        },
-        "accuracy_vs_eps": {
-            **old["accuracy_vs_eps"],
-            "accuracy": C.closed_form(old["accuracy_vs_eps"]["accuracy"], how=formula),
-        },
-        "final_train_loss": old["final_train_loss"],
-        "train_time_s": old["train_time_s"],
-        "acceptance": T.acceptance(
-            models, bl["standard_accuracy"], bl["robust_accuracy"], p, cfg["switch_over_eta"]
-        ),
-        "smoke": old["smoke"],
-        "wall_time_s": old["wall_time_s"],
-        "jaxrobust_version": None,
-        "git_commit": None,
-        "provenance": _provenance(
-            source_commit,
-            "method records; binomial SEs from the stored accuracies and test size; the bound "
-            "check on the measured numbers (tradeoff.bound_check); acceptance recomputed",
-        ),
-    }
-    return C.jsonable(new)
-
-
-def upgrade_robust_gaussian(old: dict, source_commit: str) -> dict:
-    """robust_gaussian.json from before the schema: method records for every number, the
-    measured comparisons' flags recomputed (binomial SEs at the stored test size)."""
-    cfg, eps, m_test = old["settings"], old["settings"]["eps"], old["settings"]["test"]
-    new = {k: v for k, v in old.items() if k not in ("classifiers", "covariance", "wall_time_s")}
-    cov = old["covariance"]
-    rel = np.asarray(cov["relative_error"])
-    new["covariance"] = {
-        "fitted": C.measured(
-            cov["fitted"],
-            n=cfg["samples"],
-            se=None,
-            how="eigenvalues of Σ fitted by the library's optimize (inner ℓ2 max) and optax "
-            "(outer) on the matched sample",
-        ),
-        "closed_form": C.closed_form(cov["closed_form"], how="½Σ* + I/λ + √(Σ*/λ + ¼Σ*²)"),
-        "relative_error": cov["relative_error"],
-        "max_relative_error": C.measured(
-            float(np.max(np.abs(rel))),
-            n=cfg["samples"],
-            se=None,
-            how="max over eigenvalues of |fitted / closed form − 1|",
-        ),
-        "closed_form_at_mean_multiplier": cov["closed_form_at_mean_multiplier"],
-    }
-    new["classifiers"] = {n: RG.with_methods(c, cfg, eps) for n, c in old["classifiers"].items()}
-    st, rb = old["classifiers"]["standard"], old["classifiers"]["robust_fitted"]
-    diff_se = lambda a, b: float(np.hypot(C.mc_se(a, m_test), C.mc_se(b, m_test)))  # noqa: E731
-    new["acceptance"] = {
-        **old["acceptance"],
-        "robust_has_higher_robust_accuracy_measured": bool(
-            rb["robust_accuracy_pgd"] - st["robust_accuracy_pgd"]
-            > 2 * diff_se(rb["robust_accuracy_pgd"], st["robust_accuracy_pgd"])
-        ),
-        "robust_has_lower_standard_accuracy_measured": bool(
-            st["accuracy_test"] - rb["accuracy_test"]
-            > 2 * diff_se(rb["accuracy_test"], st["accuracy_test"])
-        ),
-    }
-    new["wall_time_s"] = old["wall_time_s"]
-    new["jaxrobust_version"] = None
-    new["git_commit"] = None
-    new["provenance"] = _provenance(
-        source_commit,
-        "method records; binomial SEs from the stored accuracies and test size; the measured "
-        "comparison flags",
-    )
-    return C.jsonable(new)
-
-
 def main(results: str) -> int:
     root = Path(results)
     # (JSON, upgrade, commit that added the run's numbers, figures redrawn from the result)
@@ -331,32 +170,6 @@ def main(results: str) -> int:
             ],
         ),
     ]
-    if "--robust-overfitting" in sys.argv:
-        jobs.append(
-            (
-                "robust_overfitting/robust_overfitting.json",
-                upgrade_robust_overfitting,
-                "dd6c6d9",
-                [
-                    lambda d, out: RO.plot(
-                        d["history"], d, d["lr_decay_epochs"], out / "robust_overfitting.png"
-                    )
-                ],
-            )
-        )
-    if "--tradeoff-synthetic" in sys.argv:
-        jobs.append(
-            (
-                "tradeoff/tradeoff.json",
-                upgrade_tradeoff,
-                "f266f4b",
-                [lambda d, out: P.plot_bound(d, out / "tradeoff_bound.png")],
-            )
-        )
-    if "--robust-gaussian" in sys.argv:
-        jobs.append(
-            ("robust_gaussian/robust_gaussian.json", upgrade_robust_gaussian, "f266f4b", [])
-        )
     for rel, fn, commit, figures in jobs:
         path = root / rel
         if not path.exists():
