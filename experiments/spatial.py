@@ -5,11 +5,13 @@ augmentation, and with the worst of 10 random transforms per example (the paper'
 adversarial training). Each is evaluated on natural inputs, one random transform, the
 worst of 10 random transforms, the exhaustive 31 × 5 × 5 grid, the first-order attack on
 (angle, dx, dy), and the grid against the majority vote over random transforms. Rotations
-are ±30°; translations ±`--shift` of the image side (the paper's ±3 px of 28 ≈ 0.1).
+are ±`--angle` degrees (default 30); translations ±`--shift` of the image side (the
+paper's ±3 px of 28 ≈ 0.1). Training and evaluation use the same ranges.
 
-    jaxrobust experiment spatial [--smoke] [--out DIR]
+    jaxrobust experiment spatial [--smoke] [--out DIR] [--seed S] [--angle DEG] [--shift F]
 
-Writes DIR/spatial.json (the table and settings) and DIR/spatial.png.
+Writes DIR/spatial.json (the table, each accuracy measured on the test set with its
+binomial standard error and the per-example outcomes, and the settings) and DIR/spatial.png.
 """
 
 from __future__ import annotations
@@ -17,46 +19,66 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import _common as C  # experiments/ is on sys.path (script dir, or added by the CLI)
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 import jaxrobust as jr
-from jaxrobust import report
 from jaxrobust.config import load_config
 from jaxrobust.data import load_split
+from jaxrobust.data.digits import NUM_TRAIN
 from jaxrobust.train.loop import restore_run, train
 
+NAME = "spatial"
 TRAININGS = {
     "standard": "standard",
     "random": "spatial_random",
     "worst-of-10": "spatial_worst_of_k",
 }
 EVALS = ("natural", "random", "worst-of-10", "first-order", "grid", "grid + vote")
+HOW = {
+    "natural": "clean test accuracy",
+    "random": "accuracy on one uniformly random transform per example",
+    "worst-of-10": "accuracy under the worst of 10 random transforms (clean-correct required)",
+    "first-order": "accuracy under PGD on (angle, dx, dy) (clean-correct required)",
+    "grid": "accuracy under every transform of the grid (clean-correct required)",
+    "grid + vote": "majority vote over random transforms correct at every grid transform",
+}
+SETTINGS = {
+    "smoke": {"model": "mlp", "model_kwargs": {"hidden": (32,)}, "epochs": 2, "test": 64},
+    "full": {"model": "small_cnn", "model_kwargs": {}, "epochs": 30, "test": 0},
+}
 
 
-def _train_all(out: Path, smoke: bool, shift: float, seed: int) -> dict[str, Path]:
+def train_overrides(cfg: dict, objective: str, angle: float, shift: float, seed: int) -> list[str]:
+    """`--set` overrides of the default job that train one model of the experiment: the
+    spatial objectives use the experiment's own ranges (`angle` degrees, `shift` of the
+    side), so the evaluated threat is the trained one."""
+    return [
+        f"objective={objective}",
+        f"adversary.max_angle={float(angle)}",
+        f"adversary.max_shift={float(shift)}",
+        f"seed={seed}",
+        f"model.name={cfg['model']}",
+        f"model.kwargs={cfg['model_kwargs']!r}",
+        f"epochs={cfg['epochs']}",
+        "eval.eps_list=(0.0,)",
+        "eval.steps=1",
+        "eval.restarts=1",
+        "eval.every_epochs=1000",
+    ]
+
+
+def _train_all(out: Path, cfg: dict, angle: float, shift: float, seed: int) -> dict[str, Path]:
     dirs = {}
     for label, objective in TRAININGS.items():
-        overrides = [
-            f"objective={objective}",
-            f"adversary.max_shift={shift}",
-            f"seed={seed}",
-            "eval.eps_list=(0.0,)",
-            "eval.steps=1",
-            "eval.restarts=1",
-            "eval.every_epochs=1000",
-        ]
-        if smoke:
-            overrides += ["epochs=2", "model.kwargs.hidden=(32,)"]
-        else:
-            overrides += ["model.name=small_cnn", "model.kwargs={}", "epochs=30"]
         dirs[label] = out / "models" / label
-        train(load_config(None, overrides), dirs[label], progress=False, log=lambda s: None)
+        job = load_config(None, train_overrides(cfg, objective, angle, shift, seed))
+        train(job, dirs[label], progress=False, log=lambda s: None)
     return dirs
 
 
@@ -66,7 +88,11 @@ def _vote_correct(f, x, y, key, threat, samples: int) -> jax.Array:
 
 
 def evaluate_model(f, x, y, key, threat, *, grid_sizes, first_order_steps, vote_samples):
-    """Accuracy of `f` under each spatial evaluation of `EVALS` (fractions)."""
+    """Per-example correctness (B,) bool of `f` under each spatial evaluation of `EVALS`.
+
+    The attacks count a clean-misclassified example as broken (its accuracy is at most the
+    natural one); "random" is one draw, "grid + vote" the vote's survival at every grid point.
+    """
     k1, k2, k3, k4 = jax.random.split(key, 4)
     natural = jnp.argmax(f(x), -1) == y
     random = jnp.argmax(f(threat.apply(x, threat.init(k1, x))), -1) == y
@@ -82,55 +108,78 @@ def evaluate_model(f, x, y, key, threat, *, grid_sizes, first_order_steps, vote_
 
     vote_alive, _ = jax.lax.scan(vote_survives, natural, transforms)
     return {
-        "natural": natural.mean(),
-        "random": random.mean(),
-        "worst-of-10": (~wo10.success & natural).mean(),
-        "first-order": (~first.success & natural).mean(),
-        "grid": (~grid.success & natural).mean(),
-        "grid + vote": vote_alive.mean(),
+        "natural": natural,
+        "random": random,
+        "worst-of-10": ~wo10.success & natural,
+        "first-order": ~first.success & natural,
+        "grid": ~grid.success & natural,
+        "grid + vote": vote_alive,
     }
 
 
+def table_entry(correct: np.ndarray, how: str) -> dict:
+    """A measured accuracy from per-example outcomes: value, n, binomial SE, and the
+    outcomes themselves as a '0'/'1' string (for paired comparisons between cells)."""
+    correct = np.asarray(correct, bool)
+    p = float(correct.mean())
+    entry = C.measured(p, n=correct.size, se=float(C.mc_se(p, correct.size)), how=how)
+    entry["per_example"] = "".join("1" if c else "0" for c in correct)
+    return entry
+
+
 def _figure(table: dict, path: Path) -> None:
-    fig = Figure(figsize=(8, 3.6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    """Grouped bars: accuracy per evaluation (x) and training (colour), ± binomial SE."""
+    fig, axes = C.figure(1, 1, (8.0, 3.8))
+    ax = axes[0, 0]
     width = 0.8 / len(table)
     for i, (model, row) in enumerate(table.items()):
-        ax.bar(np.arange(len(EVALS)) + i * width, [row[e] for e in EVALS], width, label=model)
+        ax.bar(
+            np.arange(len(EVALS)) + i * width,
+            [row[e]["value"] for e in EVALS],
+            width,
+            yerr=[row[e]["se"] for e in EVALS],
+            capsize=2,
+            label=model,
+        )
     ax.set_xticks(np.arange(len(EVALS)) + width * (len(table) - 1) / 2, EVALS)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.set_title("digits: spatial robustness by training (rows) and evaluation (x)")
-    ax.legend(title="training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy (± binomial SE)")
+    ax.set_xlabel("evaluation")
+    n = next(iter(next(iter(table.values())).values()))["n"]
+    ax.set_title(f"digits: spatial robustness by training (colour) and evaluation ({n} images)")
+    ax.legend(title="training", fontsize=8)
+    C.save(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxrobust experiment spatial", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long run for tests")
-    parser.add_argument("--out", default="runs/experiments/spatial")
-    parser.add_argument("--angle", type=float, default=30.0, help="max rotation, degrees")
-    parser.add_argument("--shift", type=float, default=0.1, help="max shift, fraction of side")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    def extra(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--angle", type=float, default=30.0, help="max rotation, degrees")
+        parser.add_argument(
+            "--shift", type=float, default=0.1, help="max shift, fraction of the side"
+        )
+
+    args = C.parse_args(NAME, argv, __doc__, extra)
+    cfg = SETTINGS["smoke" if args.smoke else "full"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    dirs = _train_all(out, args.smoke, args.shift, args.seed)
-    x, y = load_split("digits", "test", limit=64 if args.smoke else None)
+    dirs = _train_all(out, cfg, args.angle, args.shift, args.seed)
+    train_time = time.perf_counter() - t0
+    x, y = load_split("digits", "test", limit=cfg["test"] or None)
     shift_px = args.shift * x.shape[1]
     threat = jr.spatial(args.angle, shift_px)
     grid_sizes = (7, 3) if args.smoke else (31, 5)
     settings = {
+        "model": f"{cfg['model']}({cfg['model_kwargs']})",
+        "epochs": cfg["epochs"],
+        "train_size": NUM_TRAIN,
+        "test_size": len(y),
         "max_angle": args.angle,
+        "max_shift": args.shift,
         "max_shift_px": shift_px,
         "grid": {"angles": grid_sizes[0], "translations": grid_sizes[1]},
         "first_order_steps": 10 if args.smoke else 200,
         "vote_samples": 5 if args.smoke else 10,
-        "num_test": len(y),
-        "smoke": args.smoke,
     }
     table = {}
     for label, run_dir in dirs.items():
@@ -148,14 +197,22 @@ def main(argv: list[str] | None = None) -> int:
                 vote_samples=settings["vote_samples"],
             )
         )
-        table[label] = {k: float(v) for k, v in fn(x, y, jax.random.key(args.seed + 1)).items()}
-    result = {"settings": settings, "table": table, "seconds": time.perf_counter() - t0}
-    report.write_json(out / "spatial.json", result)
-    _figure(table, out / "spatial.png")
-    print(f"{'training':<12}" + "".join(f"{e:>13}" for e in EVALS))
-    for label, row in table.items():
-        print(f"{label:<12}" + "".join(f"{row[e]:>13.3f}" for e in EVALS))
-    print(f"({result['seconds']:.0f} s) report in {out}")
+        correct = fn(x, y, jax.random.key(args.seed + 1))
+        table[label] = {e: table_entry(np.asarray(correct[e]), HOW[e]) for e in EVALS}
+    data = {
+        "experiment": NAME,
+        "smoke": args.smoke,
+        "seed": args.seed,
+        "settings": settings,
+        "table": table,
+        "train_time_s": round(train_time, 2),
+    }
+    _figure(table, out / f"{NAME}.png")
+    lines = [f"{'training':<12}" + "".join(f"{e:>13}" for e in EVALS)] + [
+        f"{label:<12}" + "".join(f"{row[e]['value']:>13.3f}" for e in EVALS)
+        for label, row in table.items()
+    ]
+    C.finish(out, NAME, data, t0, lines)
     return 0
 
 
