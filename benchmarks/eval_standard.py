@@ -51,7 +51,7 @@ def _worker(run_dir: str) -> dict:
     t0 = time.perf_counter()
     import jax
 
-    from jaxrobust.attacks.evaluate import evaluate
+    from jaxrobust.attacks.cascade import evaluate
     from jaxrobust.data import load_split
     from jaxrobust.parallel import use_cpu_cores_as_devices
     from jaxrobust.train.loop import restore_run

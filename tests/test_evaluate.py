@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxrobust.attacks.evaluate import evaluate
+from jaxrobust.attacks.cascade import evaluate
 from jaxrobust.data import load_split
 from jaxrobust.errors import InputError
 
@@ -282,7 +282,7 @@ def test_standard_suite_breaks_a_gradient_masked_model(model_and_data):
 
 
 def test_chunks_pad_to_a_compiled_size_within_the_slack():
-    from jaxrobust.attacks.evaluate import _chunks
+    from jaxrobust.attacks.eval_plan import chunks as _chunks
 
     [(chunk, count)] = list(_chunks(np.arange(300), 512, 64))
     assert len(chunk) == 320 and count == 300  # the smallest multiple of 64
@@ -306,7 +306,7 @@ def _noisy_linear(w, x, key):
 def test_eot_of_a_carried_model_takes_its_weights_as_program_inputs():
     """EOT of a Partial model is a Partial carrying the weights and the draws' keys: a jitted
     attack compiles once for every checkpoint, and the value is the mean log-softmax."""
-    from jaxrobust.attacks.evaluate import expectation_over_transformation
+    from jaxrobust.attacks.suites import expectation_over_transformation
 
     x = jax.random.uniform(jax.random.key(1), (5, 4))
     key = jax.random.key(2)
