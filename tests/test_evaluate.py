@@ -472,3 +472,59 @@ def test_infinite_eps_is_rejected(model_and_data):
         evaluate(f, x, y, jax.random.key(0), eps=[0.1, float("inf")], attacks=FAST)
     with pytest.raises(InputError, match="eps must be > 0"):
         evaluate(f, x, y, jax.random.key(0), eps=float("nan"), attacks=FAST)
+
+
+# ----------------------------------------------------------------------------- escalation
+
+
+def _input_masked(f, z):
+    return f(jax.lax.stop_gradient(z))
+
+
+def test_escalation_attacks_follow_the_suite():
+    """BPDA versions of the suite's white-box attacks, in order, then a stronger Square;
+    each BPDA wrapper is built once (the program cache keys on it)."""
+    from jaxrobust.attacks.escalation import STRONGER_SQUARE, escalation_attacks
+    from jaxrobust.attacks.suites import resolve_suite
+
+    suite = resolve_suite("standard")
+    names = [name for name, _ in escalation_attacks(suite)]
+    assert names == ["bpda-apgd-ce", "bpda-apgd-t", "bpda-fab-t", STRONGER_SQUARE]
+    assert [fn for _, fn in escalation_attacks(suite)] == [
+        fn for _, fn in escalation_attacks(suite)
+    ]
+    assert [n for n, _ in escalation_attacks(resolve_suite(["square"]))] == [
+        "bpda-pgd",
+        STRONGER_SQUARE,
+    ]
+
+
+@pytest.mark.slow
+def test_masked_gradients_escalate_to_the_unmasked_number(trained):
+    """stop_gradient on the input blinds the cascade; the flags fire and the escalation
+    (BPDA through the stop_gradient, a stronger Square) reaches the unmasked model's
+    robust accuracy; every point it breaks is misclassified by the model itself. A model
+    without masking is not escalated."""
+    from jaxrobust.attacks.eval_report import BY_CASCADE, CLEAN_WRONG, UNBROKEN
+
+    params, x, y = trained
+    model = jax.tree_util.Partial(_apply, params)
+    kw = dict(eps=0.15, attacks=FAST, batch_size=32, check_examples=32)
+    plain = evaluate(model, x, y, jax.random.key(0), **kw)
+    assert plain.escalation is None and plain.flags == []
+    masked = evaluate(jax.tree_util.Partial(_input_masked, model), x, y, jax.random.key(0), **kw)
+    esc = masked.escalation
+    assert {"zero_gradients", "large_eps_not_broken"} <= set(esc.reason)
+    assert masked.robust_accuracy[0] > plain.robust_accuracy[0] + 0.2  # blinded cascade
+    assert esc.robust_accuracy[0] <= plain.robust_accuracy[0] + 0.02
+    assert esc.attacks == ["bpda-pgd-10", "bpda-fgsm", "square-20k-x2"]
+    assert masked.final_robust_accuracy == esc.robust_accuracy
+    b = esc.broken_by[0]
+    assert set(np.unique(b)) <= {BY_CASCADE, CLEAN_WRONG, UNBROKEN, 0, 1, 2}
+    np.testing.assert_array_equal(b == BY_CASCADE, masked.broken_by[0] >= 0)
+    assert esc.robust_accuracy[0] == np.mean(b == UNBROKEN)
+    assert esc.per_attack["bpda-pgd-10"][0] < masked.robust_accuracy[0] - 0.2  # BPDA works
+    by_escalation = b >= 0
+    xa = masked.x_adv_by_eps[0][by_escalation]
+    assert (np.argmax(_apply(params, xa), -1) != y[by_escalation]).all()
+    assert np.abs(xa - x[by_escalation]).max() <= 0.15 + 1e-6

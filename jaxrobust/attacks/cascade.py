@@ -8,7 +8,9 @@ still-unbroken points while an attack compiles at most 8 programs; ε is a trace
 so an ε sweep reuses them, and the programs are kept across calls in a process (a new
 checkpoint of the same architecture compiles nothing). Sanity checks after the cascade
 report the classic signs of an unreliable evaluation (Carlini et al. 2019; Athalye et
-al. 2018) as flags with explanations.
+al. 2018) as flags with explanations; where they find masked gradients, an escalation
+(BPDA through the masking operations, a stronger Square) continues the cascade and the
+report gives both numbers.
 
 `evaluate` is host-side orchestration (NumPy books, one compiled program per attack and
 batch shape): call it from Python, not inside `jax.jit`; it is not differentiable.
@@ -20,8 +22,8 @@ process keeps the same books and returns the same report.
 
 The pieces, each in its own module: `suites` (the attacks and suites by name, EOT),
 `eval_plan` (devices, padded chunks, the program cache), this module (input checks, the
-cascade loop and its resumable books), `eval_checks` (the sanity checks) and
-`eval_report` (`EvalReport`, per example, saved as JSON + npz).
+cascade loop and its resumable books), `eval_checks` (the sanity checks), `escalation`
+and `eval_report` (`EvalReport`, per example, saved as JSON + npz).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.attacks.eval_checks import large_eps, sanity_checks
+from jaxrobust.attacks.eval_checks import MASKING_FLAGS, large_eps, sanity_checks
 from jaxrobust.attacks.eval_plan import (
     Placement,
     chunks,
@@ -81,6 +83,7 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     devices: int | Sequence[Any] | None = None,
     progress_bar: bool = False,
+    escalate: bool = True,
 ) -> EvalReport:
     """Robust accuracy under a cascade of attacks, per ε, per example, with sanity checks.
 
@@ -110,6 +113,11 @@ def evaluate(
         On CPU, `jaxrobust.parallel.use_cpu_cores_as_devices()` before JAX starts gives one
         device per core (what the `jaxrobust` command does). Results do not depend on it.
       progress_bar: show a tqdm progress bar over the cascade's steps (process 0 only).
+      escalate: when the checks find masked gradients (zero gradients, accuracy left at a
+        box-covering ε, black-box or single-step attacks stronger than the iterative
+        white-box ones), continue with the escalation (`jaxrobust.attacks.escalation`:
+        BPDA through the masking operations, a stronger Square) and report it in
+        `EvalReport.escalation`; `robust_accuracy` stays the cascade's number.
 
     Returns:
       `EvalReport`.
@@ -175,6 +183,13 @@ def evaluate(
     if checks:
         m = check_examples
         sanity_checks(report, logits_fn, placement, x[:m], y[:m], key, threat, lo, hi, randomised)
+        masking = [f.name for f in report.flags if f.name in MASKING_FLAGS]
+        if escalate and masking:
+            from jaxrobust.attacks.escalation import run_escalation
+
+            report.escalation = run_escalation(
+                report, cascade, x, y, key, masking, progress=progress
+            )
     report.checks["total_seconds"] = time.perf_counter() - t_start
     return report
 
