@@ -6,6 +6,9 @@ models and their adapters, training objectives. Submodules hold the rest:
 """
 
 from jaxrobust.attacks import (
+    ATTACKS,
+    SUITES,
+    EvalReport,
     apgd,
     apgd_targeted,
     classifier_objective,
@@ -56,9 +59,12 @@ from jaxrobust.threat import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ATTACKS",
+    "SUITES",
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "EvalReport",
     "InputError",
     "JaxRobustError",
     "LoadedRun",

@@ -66,7 +66,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import jax
 
     from jaxrobust import report
-    from jaxrobust.attacks.evaluate import evaluate
+    from jaxrobust.attacks.cascade import evaluate
     from jaxrobust.parallel import is_primary
     from jaxrobust.train.loop import best_checkpoint_metric, restore_run
 

@@ -86,8 +86,7 @@ def _report_eval_results() -> None:
     """Print what `evaluate` returns in this process (the CLI writes process 0's only)."""
     import importlib
 
-    # The module, not the function `jaxrobust.attacks` re-exports under the same name.
-    module = importlib.import_module("jaxrobust.attacks.evaluate")
+    module = importlib.import_module("jaxrobust.attacks.cascade")
     real = module.evaluate
 
     def evaluate(*args: Any, **kwargs: Any) -> Any:

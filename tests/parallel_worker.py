@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from jaxrobust import linf, pgd
-from jaxrobust.attacks.evaluate import evaluate
+from jaxrobust.attacks.cascade import evaluate
 from jaxrobust.data import load_split
 from jaxrobust.models import MLP
 from jaxrobust.parallel import data_mesh, replicate, shard_batch

@@ -48,7 +48,6 @@ from jaxrobust.data import (
     restore_loader_state,
 )
 from jaxrobust.errors import CheckpointError, ConfigError
-from jaxrobust.evaluation import AccuracyEvaluator
 from jaxrobust.models import create_model
 from jaxrobust.parallel import (
     data_mesh_for_batch,
@@ -60,6 +59,7 @@ from jaxrobust.parallel import (
 )
 from jaxrobust.threat import get_threat, spatial
 from jaxrobust.train import objectives
+from jaxrobust.train.accuracy import AccuracyEvaluator
 from jaxrobust.train.optim import make_optimizer
 from jaxrobust.train.state import TrainState
 

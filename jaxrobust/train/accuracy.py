@@ -1,4 +1,7 @@
-"""Accuracy of a model on clean and PGD-attacked inputs, over a whole split.
+"""The training loop's accuracy evaluator: clean and PGD-attacked accuracy over a whole
+split under one fixed attack, per epoch and at the end of training. (`jaxrobust.evaluate`,
+in `jaxrobust.attacks.cascade`, is the publishable evaluation: a cascade of attacks with
+sanity checks.)
 
 The functions compile once per (model, attack configuration, batch shape): the last batch
 is padded to the fixed batch size and masked, and ε is a traced argument, so an ε sweep
