@@ -304,7 +304,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for key in ("eps", "eval.eps"):
         if not _finite_at_least(_get(cfg, key), 0):
             raise ConfigError(
-                f"{key} must be a finite number >= 0 (a radius in input units, images in "
+                f"{key} must be >= 0 and finite (a radius in input units, images in "
                 f"[0, 1]), got {_get(cfg, key)!r}"
             )
     eps_list = cfg.eval.eps_list

@@ -188,7 +188,7 @@ def test_help_and_config_errors_answer_without_jax(tmp_path):
     ("args", "message"),
     [
         (["--set", "model.kwargs.hidden=abc"], "'model.kwargs.hidden' expects a tuple"),
-        (["--set", "eps=1e999"], "eps must be a finite number >= 0"),
+        (["--set", "eps=1e999"], "eps must be >= 0 and finite"),
         (["--set", "eval.eps_list=(0, 'a')"], "tuple of numbers"),
         (["--set", "eval.eps_list=abc"], "expects a tuple"),
         (["--set", "optimizer.learning_rate=0"], "learning_rate must be > 0"),

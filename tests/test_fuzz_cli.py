@@ -279,9 +279,9 @@ def test_eval_attack_reject_every_bad_option(command, smoke_run, tmp_path):
 
 
 @st.composite
-def _bad_run_dir(draw, root: Path) -> Path:
+def _bad_run_dir(draw, root: Path, case: int) -> Path:
     kind = draw(st.sampled_from(["missing", "file", "empty", "no_config", "no_checkpoints"]))
-    path = root / f"{kind}{draw(st.integers(0, 10**9))}"
+    path = root / f"{kind}{case}"
     if kind == "file":
         path.write_text(draw(_TEXT))
     elif kind in ("empty", "no_config", "no_checkpoints"):
@@ -300,7 +300,7 @@ def test_eval_attack_reject_bad_run_dirs(tmp_path):
     @given(data=st.data(), command=st.sampled_from(["eval", "attack"]))
     def check(data, command):
         tally.cases += 1
-        run = data.draw(_bad_run_dir(tmp_path))
+        run = data.draw(_bad_run_dir(tmp_path, tally.cases))
         out = tmp_path / f"out{tally.cases}"
         argv = [command, str(run), "--out", str(out)]
         code, _, err = _run(argv)
