@@ -569,18 +569,21 @@ class Checkpointer:
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
         damaged: list[int] = []
+        reasons: list[str] = []
         for step in reversed(steps):
             try:
                 restored = self.restore(template, step)
             except _CorruptCheckpointError as e:
                 damaged.append(step)
-                older = [s for s in steps if s < step]
-                then = f"trying step {older[-1]}" if older else "no older checkpoint left"
-                warn(f"{str(e).split('; other checkpoints')[0]}; {then}")
+                reasons.append(str(e).split("; other checkpoints")[0])
                 continue
+            # Warned only once an intact step is found: otherwise the error says it all.
+            for reason, older in zip(reasons, [*damaged[1:], step], strict=True):
+                warn(f"{reason}; trying step {older}")
             return (*restored, damaged)
         raise CheckpointError(
-            f"no intact checkpoint in {self.directory}: steps {steps} are all corrupt"
+            f"no intact checkpoint in {self.directory}: all of steps {steps} are corrupt "
+            f"(the newest: {reasons[0]})"
         )
 
     def restore(self, template: PyTree, step: int | None = None) -> tuple[int, PyTree, dict]:

@@ -440,3 +440,17 @@ def test_metadata_with_numpy_and_jax_values(tmp_path: Path) -> None:
         "tuple": [1, 2],
         "path": str(tmp_path),
     }
+
+
+def test_no_intact_checkpoint_is_one_error_without_warnings(tmp_path: Path) -> None:
+    with Checkpointer(tmp_path, keep=3) as ck:
+        ck.save(1, make_state(1))
+        ck.save(2, make_state(2))
+    for step in (1, 2):
+        _corrupt_files(tmp_path / str(step), "metadata")
+    warned = []
+    with Checkpointer(tmp_path, keep=3) as ck, pytest.raises(CheckpointError) as info:
+        ck.restore_newest_intact(make_state(0), warn=warned.append)
+    assert warned == []
+    msg = str(info.value)
+    assert "all of steps [1, 2] are corrupt" in msg and "step 2" in msg and "\n" not in msg
