@@ -578,7 +578,8 @@ class Checkpointer:
                 reasons.append(str(e).split("; other checkpoints")[0])
                 continue
             # Warned only once an intact step is found: otherwise the error says it all.
-            for reason, older in zip(reasons, [*damaged[1:], step], strict=True):
+            tried_next = [*damaged[1:], step]  # the step tried after each damaged one
+            for reason, older in zip(reasons, tried_next[: len(reasons)], strict=True):
                 warn(f"{reason}; trying step {older}")
             return (*restored, damaged)
         raise CheckpointError(

@@ -212,7 +212,16 @@ def test_train_rejects_every_bad_override(no_training, tmp_path):
     tally.report()
 
 
-_BAD_INT = st.one_of(st.integers(max_value=0).map(str), _TEXT, _NAN_INF, st.just("1.5"))
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+_NOT_INT = _TEXT.filter(lambda t: not _is_int(t))  # "1" is a valid --limit
+_BAD_INT = st.one_of(st.integers(max_value=0).map(str), _NOT_INT, _NAN_INF, st.just("1.5"))
 _BAD_EPS = st.one_of(
     st.floats(max_value=0, allow_nan=False, allow_infinity=False).filter(lambda v: v < 0).map(repr),
     _NAN_INF,
@@ -233,14 +242,14 @@ def _bad_eval_or_attack(draw, command: str) -> list[str]:
     options = {
         "--limit": _BAD_INT,
         "--batch-size": _BAD_INT,
-        "--seed": st.one_of(st.integers(max_value=-1).map(str), _TEXT),
+        "--seed": st.one_of(st.integers(max_value=-1).map(str), _NOT_INT),
         "--eps": _BAD_EPS,
         "--suite": _TEXT.filter(lambda t: t not in ("standard", "plus", "rand", "fast")),
         "--attacks": _TEXT.filter(lambda t: t.strip() and t not in _attack_names()),
         "--threat": _TEXT.filter(lambda t: t not in ("linf", "l2", "l1")),
-        "--step": st.one_of(st.integers(max_value=-1).map(str), _TEXT, st.just("7")),
+        "--step": st.one_of(st.integers(max_value=-1).map(str), _NOT_INT, st.just("7")),
         "--num-processes": _BAD_INT,
-        "--process-id": st.one_of(st.integers(max_value=-1).map(str), _TEXT),
+        "--process-id": st.one_of(st.integers(max_value=-1).map(str), _NOT_INT),
         "--coordinator": _TEXT.filter(lambda t: ":" not in t),
     }
     if command == "attack":
