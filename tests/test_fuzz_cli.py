@@ -387,7 +387,7 @@ def test_damaged_run_folders_fail_cleanly_or_use_an_intact_checkpoint(
     tally = _Tally("damaged run folder")
     outcomes = {"error": 0, "intact checkpoint": 0}
 
-    @_examples(ci=8)
+    @_examples(ci=5)
     @given(damage=_damage(files))
     def check(damage):
         tally.cases += 1
