@@ -43,7 +43,7 @@ state) get their checksums like local ones; only arrays sharded across processes
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import gc
 import hashlib
 import json
@@ -53,7 +53,7 @@ import operator
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,13 @@ _COMMIT_MARKER = "commit_success.txt"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 _FORMAT = "jaxrobust-checkpoint"
 _VERSION = 1
+
+
+class _CorruptCheckpointError(CheckpointError):
+    """A checkpoint step whose files are damaged (as opposed to a foreign or missing one)."""
+
+
+_log = logging.getLogger(__name__)
 
 
 def _key_name(key: Any) -> str:
@@ -173,34 +180,53 @@ class _NeverRetrievedFilter(logging.Filter):
         return "exception was never retrieved" not in record.getMessage()
 
 
-@contextlib.contextmanager
-def _quiet_failed_read() -> Iterator[None]:
-    """Mute the echoes of a failed orbax read; the failure itself is raised as usual.
+def _is_read_echo(unraisable: Any) -> bool:
+    """Whether an unraisable exception is an echo of a failed orbax read (see `_read`)."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return True
+    # orbax's `_read_array_index_and_device_put` turns *any* BaseException, the
+    # GeneratorExit of a coroutine being closed included, into an Exception that embeds the
+    # whole TensorStore spec: Python reports it as "Exception ignored in: <coroutine ...>".
+    return isinstance(exc.__cause__, GeneratorExit | asyncio.CancelledError) or (
+        getattr(unraisable.object, "__qualname__", "") == "_read_array_index_and_device_put"
+    )
 
-    When tensorstore fails on one array, orbax stops waiting and closes its event loop while
-    the other reads are still in flight; as they finish they print "RuntimeError: Event loop
-    is closed" (through `sys.unraisablehook`) and asyncio logs "Future exception was never
-    retrieved". Those tracebacks say nothing the raised `CheckpointError` does not, so while
-    reading (and briefly after a failure, for the stragglers) exactly these two are dropped.
+
+def _read(fn: Callable[[], Any]) -> tuple[Any, str | None]:
+    """`(fn(), None)`, or `(None, one-line reason)` when orbax/tensorstore fail to read.
+
+    When tensorstore fails on one array, orbax stops waiting for the others: their
+    coroutines are closed later (GeneratorExit, re-raised by orbax as an Exception embedding
+    a TensorStore spec, ~60 lines each) or finish on a closed event loop ("RuntimeError: Event
+    loop is closed", "Future exception was never retrieved"). Python prints each of those
+    echoes when the coroutine is garbage-collected, typically after the `CheckpointError`
+    was already raised: 124-252 lines of tracebacks after one failed read. So the failure is
+    reduced to a string here, the exception (whose traceback keeps the coroutines alive) is
+    dropped, and the coroutines are collected while exactly these echoes are muted.
     """
     previous = sys.unraisablehook
 
     def hook(unraisable: Any) -> None:
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
-            return
-        previous(unraisable)
+        if not _is_read_echo(unraisable):
+            previous(unraisable)
 
     log_filter = _NeverRetrievedFilter()
     asyncio_logger = logging.getLogger("asyncio")
     sys.unraisablehook = hook
     asyncio_logger.addFilter(log_filter)
+    reason = None
     try:
-        yield
-    except BaseException:
-        time.sleep(0.1)  # let the orphaned reads finish while muted
-        gc.collect()  # and their futures be collected (that is when asyncio logs)
-        raise
+        try:
+            return fn(), None
+        except Exception as e:  # tensorstore raises plain Exception and ValueError
+            reason = _short(e)
+        # `e` is gone: the failed read's coroutines are garbage now. Let the stragglers
+        # finish and collect them while muted.
+        for _ in range(3):
+            time.sleep(0.05)
+            gc.collect()
+        return None, reason
     finally:
         if sys.unraisablehook is hook:
             sys.unraisablehook = previous
@@ -323,7 +349,8 @@ class Checkpointer:
         return policies.AnyPreservationPolicy([latest, best])
 
     def _prepare_directory(self) -> None:
-        """Create the directory and remove leftovers of killed saves (writer only, once).
+        """Create the directory, remove leftovers of killed saves and set aside committed steps
+        whose metrics orbax could not read (writer only, once).
 
         Done before the first save rather than on opening, so that a reader never deletes the
         temporary directory of a save that another process is still writing. In a
@@ -334,6 +361,11 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         entries = [p for p in self.directory.iterdir() if p.is_dir() and not p.is_symlink()]
         committed = [p for p in entries if p.name.isdigit() and (p / _COMMIT_MARKER).exists()]
+        if is_primary():
+            for p in entries:
+                if _TMP_MARKER in p.name or (p.name.isdigit() and p not in committed):
+                    shutil.rmtree(p, ignore_errors=True)
+        sync_processes("jaxrobust-checkpoint-prepare")
         for p in committed:
             # The manager reads every step's metrics when it opens, and fails on bad JSON.
             metrics_file = p / _METRICS / _METRICS
@@ -341,15 +373,7 @@ class Checkpointer:
                 try:
                     json.loads(metrics_file.read_text())
                 except (OSError, ValueError):
-                    raise CheckpointError(
-                        f"checkpoint step {p.name} in {self.directory} is corrupt (unreadable "
-                        f"metrics file {metrics_file}); delete {p} to go on saving"
-                    ) from None
-        if is_primary():
-            for p in entries:
-                if _TMP_MARKER in p.name or (p.name.isdigit() and p not in committed):
-                    shutil.rmtree(p, ignore_errors=True)
-        sync_processes("jaxrobust-checkpoint-prepare")
+                    self.set_aside(int(p.name), f"unreadable metrics file {metrics_file}")
 
     def _get_manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
@@ -441,20 +465,39 @@ class Checkpointer:
 
     def _corrupt(self, step: int, detail: str) -> CheckpointError:
         others = [s for s in self.steps() if s != step]
-        hint = f"; other checkpoints: steps {others}" if others else ""
-        return CheckpointError(
+        hint = f"; other checkpoints: steps {others} (choose one with --step)" if others else ""
+        return _CorruptCheckpointError(
             f"checkpoint step {step} in {self.directory} is corrupt or unreadable ({detail}){hint}"
         )
 
+    def set_aside(self, step: int, reason: str) -> Path:
+        """Move checkpoint `step` out of the directory (writer only); returns where it went.
+
+        For a damaged step that would block saving, or steps after the one a run resumes
+        from: nothing is deleted, the step goes to `<directory>.set-aside/<step>-<time>`.
+        """
+        src = self.directory / str(step)
+        dest = self.directory.with_name(self.directory.name + ".set-aside")
+        dest = dest / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if is_primary():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, dest)
+        sync_processes(f"jaxrobust-checkpoint-set-aside:{step}")
+        _log.warning("checkpoint step %s set aside (%s): moved to %s", step, reason, dest)
+        if self._manager is not None:
+            self._manager.reload()
+        return dest
+
     def _read_json_item(self, step: int, item: str) -> Any:
-        try:
-            with _quiet_failed_read():
-                out = self._get_reader().restore(
-                    self.directory / str(step),
-                    args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}),
-                )
-        except Exception as e:
-            raise self._corrupt(step, f"{item}: {_short(e)}") from None
+        out, reason = _read(
+            lambda: self._get_reader().restore(
+                self.directory / str(step),
+                args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}),
+            )
+        )
+        if reason is not None:
+            where = self.directory / str(step) / item / "metadata"  # JsonSave's file name
+            raise self._corrupt(step, f"file {where}: {reason}")
         return out[item]
 
     def _check_template(self, step: int, manifest: Any, template: PyTree) -> list[dict]:
@@ -506,6 +549,44 @@ class Checkpointer:
                 )
         return saved
 
+    def restore_newest_intact(
+        self, template: PyTree, *, warn: Any = None
+    ) -> tuple[int, PyTree, dict, list[int]]:
+        """Restore the newest checkpoint that reads back intact, falling back past damaged ones.
+
+        Each damaged step is reported through `warn(message)` (default: a logging warning).
+        A checkpoint that does not match `template` (another model or config) is an error,
+        not a reason to fall back.
+
+        Returns:
+          (step, state, metadata, damaged steps newer than `step`).
+
+        Raises:
+          CheckpointError: no checkpoint, or none of them is intact.
+        """
+        warn = warn or _log.warning
+        steps = self.steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        damaged: list[int] = []
+        reasons: list[str] = []
+        for step in reversed(steps):
+            try:
+                restored = self.restore(template, step)
+            except _CorruptCheckpointError as e:
+                damaged.append(step)
+                reasons.append(str(e).split("; other checkpoints")[0])
+                continue
+            # Warned only once an intact step is found: otherwise the error says it all.
+            tried_next = [*damaged[1:], step]  # the step tried after each damaged one
+            for reason, older in zip(reasons, tried_next[: len(reasons)], strict=True):
+                warn(f"{reason}; trying step {older}")
+            return (*restored, damaged)
+        raise CheckpointError(
+            f"no intact checkpoint in {self.directory}: all of steps {steps} are corrupt "
+            f"(the newest: {reasons[0]})"
+        )
+
     def restore(self, template: PyTree, step: int | None = None) -> tuple[int, PyTree, dict]:
         """Restore checkpoint `step` (None: the latest) into the structure of `template`.
 
@@ -533,15 +614,14 @@ class Checkpointer:
                 f"available steps: {steps}"
             )
         saved = self._check_template(step, self._read_json_item(step, _MANIFEST), template)
-        args = ocp.args.Composite(
-            **{_STATE: ocp.args.StandardRestore(template), _METADATA: ocp.args.JsonRestore()}
+        metadata = self._read_json_item(step, _METADATA)
+        args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(template)})
+        out, reason = _read(
+            lambda: self._get_reader().restore(self.directory / str(step), args=args)
         )
-        try:
-            with _quiet_failed_read():
-                out = self._get_reader().restore(self.directory / str(step), args=args)
-        except Exception as e:
-            raise self._corrupt(step, _short(e)) from None
-        state, metadata = out[_STATE], out[_METADATA]
+        if reason is not None:
+            raise self._corrupt(step, f"in {self.directory / str(step) / _STATE}: {reason}")
+        state = out[_STATE]
         restored, _ = jax.tree_util.tree_flatten_with_path(state)
         if [_leaf_path(p) for p, _ in restored] != [e["path"] for e in saved]:
             raise self._corrupt(step, "restored tree differs from its manifest")

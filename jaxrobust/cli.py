@@ -1,25 +1,38 @@
 """The `jaxrobust` command: train, eval and attack.
 
-    jaxrobust train [--config NAME|FILE] [--set key=value ...] [--out DIR]
+    jaxrobust train [--config NAME|FILE] [--set key=value ...] [--out DIR] [--step N]
                     [--coordinator HOST:PORT --num-processes N --process-id I]
     jaxrobust eval RUN_DIR [--suite standard | --attacks apgd-ce fab-t ...] [--eps 0.1 0.3]
+                   [--best | --step N] [--resume]
                    [--coordinator HOST:PORT --num-processes N --process-id I]
-    jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR]
+    jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR] [--best | --step N]
     jaxrobust experiment NAME [--smoke] [--out DIR]
 
-Bad input exits with status 2 and one line naming the problem (no traceback).
+Bad input exits with status 2 and one line naming the problem (no traceback), before
+anything is written to disk; configuration errors and `--help` answer without starting JAX.
+Ctrl-C exits with status 130 and one line saying where the work so far is kept and how to
+go on from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jaxrobust.errors import JaxRobustError
+from jaxrobust.errors import ConfigError, JaxRobustError
+
+# Exit statuses: bad input (argparse uses 2 as well) and Ctrl-C (128 + SIGINT).
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, with the line that tells the user where their work is and how to go on."""
 
 
 def _default_out(cfg) -> Path:
@@ -27,12 +40,87 @@ def _default_out(cfg) -> Path:
     return Path("runs") / f"{cfg.dataset}_{cfg.objective}_{cfg.threat}{eps}_seed{cfg.seed}"
 
 
+# ----------------------------------------------------------------------- argument types
+# argparse reports a ValueError/TypeError raised by a `type=` function as
+# "argument --x: invalid <name> value" and an ArgumentTypeError with its own message.
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _radius(text: str) -> float:
+    """An ε: a finite number >= 0 (infinity is no radius: the attack would be unbounded)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"eps must be a finite number >= 0 (in input units, images in [0, 1]), got {text}"
+        )
+    return value
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _check_out(path: Path, what: str) -> None:
+    """Refuse an output path that cannot become a directory (before anything is written)."""
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path}: {parent} exists and is not a directory")
+            break
+
+
+def _check_run_dir(run_dir: str) -> Path:
+    path = Path(run_dir)
+    if not path.is_dir():
+        from jaxrobust.errors import CheckpointError
+
+        why = "does not exist" if not path.exists() else "is not a directory"
+        raise CheckpointError(f"run directory {path} {why}")
+    return path
+
+
 def _add_distributed_args(p: argparse.ArgumentParser, what: str) -> None:
     """--coordinator, --num-processes, --process-id (read by `_join_processes`)."""
     multi = f"multi-process {what}: run the same command in every process"
     p.add_argument("--coordinator", metavar="HOST:PORT", help=f"{multi}, process 0 serves this")
-    p.add_argument("--num-processes", type=int, metavar="N", help="with --coordinator")
-    p.add_argument("--process-id", type=int, metavar="I", help="with --coordinator, 0..N-1")
+    p.add_argument("--num-processes", type=_positive_int, metavar="N", help="with --coordinator")
+    p.add_argument(
+        "--process-id", type=_non_negative_int, metavar="I", help="with --coordinator, 0..N-1"
+    )
+
+
+def _check_distributed_args(args: argparse.Namespace) -> None:
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if not args.coordinator:
+        if any(v is not None for v in given):
+            raise ConfigError("--num-processes and --process-id need --coordinator")
+        return
+    if args.num_processes is None or args.process_id is None:
+        raise ConfigError("--coordinator needs --num-processes and --process-id")
+    if args.process_id >= args.num_processes:
+        raise ConfigError(
+            f"--process-id must be in 0..{args.num_processes - 1} (--num-processes "
+            f"{args.num_processes}), got {args.process_id}"
+        )
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--coordinator must look like HOST:PORT, got {args.coordinator!r}")
 
 
 def _join_processes(args: argparse.Namespace) -> None:
@@ -42,62 +130,136 @@ def _join_processes(args: argparse.Namespace) -> None:
     """
     if not args.coordinator:
         return
-    from jaxrobust.errors import ConfigError
-
-    if args.num_processes is None or args.process_id is None:
-        raise ConfigError("--coordinator needs --num-processes and --process-id")
     from jaxrobust.parallel import initialize_distributed
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
 
+def _start_jax() -> None:
+    """Set up JAX for a command: the compilation cache and one CPU device per core.
+
+    Called once the arguments are validated, so that bad input never waits for JAX.
+    """
+    from jaxrobust.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()
+    # One CPU device per core (before JAX starts its backends): jobs shard their batches.
+    from jaxrobust.parallel import use_cpu_cores_as_devices
+
+    use_cpu_cores_as_devices()
+
+
+def _checkpoint_line(ckpt_dir: Path) -> str:
+    """Where the newest checkpoint of a run is, for the Ctrl-C message."""
+    steps = sorted(
+        int(p.name)
+        for p in (ckpt_dir.iterdir() if ckpt_dir.is_dir() else ())
+        if p.name.isdigit() and (p / "commit_success.txt").is_file()
+    )
+    if not steps:
+        return f"no checkpoint was saved yet in {ckpt_dir}"
+    return f"the last checkpoint is step {steps[-1]} in {ckpt_dir}"
+
+
+# ----------------------------------------------------------------------------- commands
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from jaxrobust.config import load_config
+
+    _check_distributed_args(args)
+    cfg = load_config(args.config, args.set or [])
+    out = Path(args.out) if args.out else _default_out(cfg)
+    _check_out(out, "--out")
+    _start_jax()
+    _join_processes(args)
     from jaxrobust.train.loop import train
 
-    cfg = load_config(args.config, args.set or [])
-    _join_processes(args)
-    out = Path(args.out) if args.out else _default_out(cfg)
-    train(cfg, out, progress=not args.quiet)
+    try:
+        train(cfg, out, progress=not args.quiet, resume_step=args.step)
+    except KeyboardInterrupt:
+        raise _Interrupted(
+            f"{_checkpoint_line(out / 'checkpoints')}: run the same command to resume from it"
+        ) from None
     return 0
 
 
+def _check_eval_args(args: argparse.Namespace) -> None:
+    """Everything about `eval`'s arguments that can be checked before reading the run."""
+    if args.eps is not None and not any(e > 0 for e in args.eps):
+        raise ConfigError(
+            f"--eps {' '.join(f'{e:g}' for e in args.eps)}: give at least one eps > 0 "
+            "(eps 0 is the clean accuracy, which is always reported)"
+        )
+    from jaxrobust.attacks.suites import ATTACKS, SUITES
+
+    if args.attacks:
+        unknown = [a for a in args.attacks if a not in ATTACKS]
+        if unknown:
+            raise ConfigError(
+                f"unknown attack {unknown[0]!r} in --attacks; known attacks: {', '.join(ATTACKS)}"
+            )
+    elif args.suite not in SUITES:
+        raise ConfigError(f"unknown suite {args.suite!r}; known suites: {', '.join(SUITES)}")
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
+    _check_distributed_args(args)
+    run_dir = _check_run_dir(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "eval"
+    _check_out(out, "--out")
+    _start_jax()
+    _check_eval_args(args)
+    _join_processes(args)
     import jax
 
     from jaxrobust import report
     from jaxrobust.attacks.cascade import evaluate
-    from jaxrobust.parallel import is_primary
+    from jaxrobust.parallel import is_primary, sync_processes
     from jaxrobust.train.loop import best_checkpoint_metric, restore_run
 
-    _join_processes(args)
     # Several processes: each restores the (replicated) weights collectively, loads the
     # whole split and runs `evaluate` with the same arguments; process 0 alone writes the
     # report and prints (every process computes the same numbers).
     primary = is_primary()
-    run, state, _ = restore_run(args.run_dir, best=args.best)
+    run, state, _ = restore_run(run_dir, best=args.best, step=args.step, warn=_warn)
     cfg = run.cfg
     x, y = _load_split_of_run(run, args.split, args.limit)
     threat = args.threat or cfg.eval.threat or cfg.threat
     eps_list = args.eps if args.eps else [float(e) for e in cfg.eval.eps_list]
     attacked = [e for e in eps_list if e != 0]  # ε = 0 is the clean accuracy
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    if not attacked:
+        raise ConfigError(
+            f"the run's eval.eps_list {eps_list} has no eps > 0: pass --eps with one or more"
+        )
+    # Finished (ε, attack) steps are always recorded, so that an interrupted evaluation can
+    # go on with --resume; without it an evaluation starts afresh.
+    state_file = out / "eval_state.json"
     if primary:
         out.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            state_file.unlink(missing_ok=True)
+    sync_processes("jaxrobust-eval-state")
     t0 = time.perf_counter()
-    result = evaluate(
-        state.logits_fn(),
-        x,
-        y,
-        jax.random.key(args.seed),
-        threat=threat,
-        eps=attacked,
-        attacks=args.attacks or args.suite,
-        batch_size=args.batch_size,
-        checks=not args.no_checks,
-        state_file=out / "eval_state.json" if args.resume else None,
-        progress=print,  # evaluate reports from process 0 only
-    )
+    try:
+        result = evaluate(
+            state.logits_fn(),
+            x,
+            y,
+            jax.random.key(args.seed),
+            threat=threat,
+            eps=attacked,
+            attacks=args.attacks or args.suite,
+            batch_size=args.batch_size,
+            checks=not args.no_checks,
+            state_file=state_file,
+            progress=print,  # evaluate reports from process 0 only
+        )
+    except KeyboardInterrupt:
+        kept = "the finished (eps, attack) steps are" if state_file.is_file() else "nothing is"
+        raise _Interrupted(
+            f"{kept} kept in {state_file}: run the same command with --resume to go on"
+        ) from None
     by_eps = dict(zip(result.eps, result.robust_accuracy, strict=True))
     curve = [result.clean_accuracy if e == 0 else by_eps[e] for e in eps_list]
     per_attack = {
@@ -106,7 +268,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     }
     metrics = {
         "run": str(args.run_dir),
-        "checkpoint": "best" if args.best else "latest",
+        "checkpoint": "best" if args.best else "latest" if args.step is None else "step",
+        "checkpoint_step": int(state.step),
         "checkpoint_ranked_by": best_checkpoint_metric(cfg) if args.best else None,
         "dataset": cfg.dataset,
         "split": args.split,
@@ -140,11 +303,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(message: str) -> None:
+    print(f"jaxrobust: warning: {message}", file=sys.stderr)
+
+
 def _load_split_of_run(run: Any, split: str, limit: int | None) -> tuple[Any, Any]:
     """(x, y) of `split` as the run saw it: "train" without the held-out validation tail,
     "validation" that tail, any other name the dataset's split of that name."""
     from jaxrobust.data import load_split
-    from jaxrobust.errors import ConfigError
 
     records = None
     if split == "train":
@@ -160,25 +326,36 @@ def _load_split_of_run(run: Any, split: str, limit: int | None) -> tuple[Any, An
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
+    run_dir = _check_run_dir(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "attack"
+    _check_out(out, "--out")
+    if args.eps is not None and args.eps == 0:
+        raise ConfigError("--eps must be > 0 for an attack (eps 0 leaves every input unchanged)")
+    _start_jax()
     import numpy as np
 
     from jaxrobust import report
     from jaxrobust.threat import get_threat
     from jaxrobust.train.loop import restore_run, save_adversarial_grid
 
-    run, state, _ = restore_run(args.run_dir, best=args.best)
+    run, state, _ = restore_run(run_dir, best=args.best, step=args.step, warn=_warn)
     cfg = run.cfg
     x, y = _load_split_of_run(run, args.split, args.num)
     threat_name = args.threat or cfg.eval.threat or cfg.threat
     eps = cfg.eps if args.eps is None else args.eps
+    if not eps > 0:
+        raise ConfigError(f"the run's training eps is {eps:g}: pass --eps > 0 to attack it")
     threat = get_threat(threat_name, eps)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "attack"
     out.mkdir(parents=True, exist_ok=True)
     adv = save_adversarial_grid(
         state, x, y, threat, out / "adversarial_examples.png", steps=args.steps
     )
     np.savez_compressed(out / "adversarial_examples.npz", x=x, y=y, **adv)
-    fooled = float(np.mean(adv["pred_adv"] != y))
+    correct = adv["pred_clean"] == y
+    fooled = correct & (adv["pred_adv"] != y)
+    # The success rate counts only examples the model got right before the attack: an
+    # example that was misclassified already was not "fooled" by it.
+    success = float(fooled.sum() / correct.sum()) if correct.any() else None
     report.write_json(
         out / "metrics.json",
         {
@@ -186,13 +363,19 @@ def _cmd_attack(args: argparse.Namespace) -> int:
             "eps": eps,
             "steps": args.steps,
             "num_examples": len(y),
-            "clean_accuracy": float(np.mean(adv["pred_clean"] == y)),
-            "adversarial_accuracy": 1.0 - fooled,
+            "clean_accuracy": float(np.mean(correct)),
+            "adversarial_accuracy": float(np.mean(adv["pred_adv"] == y)),
+            "num_correct_before_attack": int(correct.sum()),
+            "attack_success_rate": success,
+            "attack_success_rate_counts": "examples correctly classified before the attack",
         },
     )
-    print(
-        f"{len(y)} adversarial examples ({threat_name}, eps={eps:g}) in {out}; fooled {fooled:.1%}"
+    rate = (
+        f"fooled {fooled.sum()} of the {correct.sum()} correctly classified ({success:.1%})"
+        if success is not None
+        else "none was correctly classified before the attack"
     )
+    print(f"{len(y)} adversarial examples ({threat_name}, eps={eps:g}) in {out}; {rate}")
     return 0
 
 
@@ -204,8 +387,6 @@ def experiments_dir() -> Path:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from jaxrobust.errors import ConfigError
-
     folder = experiments_dir()
     known = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
     path = folder / f"{args.name}.py"
@@ -213,6 +394,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"unknown experiment {args.name!r}; known: {', '.join(known) or 'none'} (in {folder})"
         )
+    _start_jax()
     # Experiments share helpers (experiments/_common.py) by plain import, as when run as
     # scripts: their folder goes on the path.
     if str(folder) not in sys.path:
@@ -223,8 +405,15 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return int(module.main(args.rest) or 0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with one line for a malformed command line (the usage is one --help away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxrobust", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="jaxrobust", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (default: PGD-AT on the offline digits)")
@@ -232,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", help="run directory (default: runs/<dataset>_<objective>_...)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--step",
+        type=_non_negative_int,
+        metavar="N",
+        help="resume from checkpoint step N (later checkpoints are set aside, not deleted)",
+    )
     _add_distributed_args(p, "training")
     p.set_defaults(fn=_cmd_train)
 
@@ -241,7 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("run_dir", help="a directory written by `jaxrobust train`")
-        p.add_argument("--best", action="store_true", help="use the best checkpoint")
+        which = p.add_mutually_exclusive_group()
+        which.add_argument("--best", action="store_true", help="use the best checkpoint")
+        which.add_argument(
+            "--step",
+            type=_non_negative_int,
+            metavar="N",
+            help="use checkpoint step N (default: the newest intact one)",
+        )
         p.add_argument("--threat", choices=("linf", "l2", "l1"), help="default: the run's")
         p.add_argument(
             "--split",
@@ -253,17 +455,23 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             p.add_argument("--suite", default="standard", help="standard | plus | rand | fast")
             p.add_argument("--attacks", nargs="+", help="attack names instead of a suite")
-            p.add_argument("--eps", type=float, nargs="+", help="default: the run's eps_list")
-            p.add_argument("--limit", type=int, help="evaluate the first N examples")
-            p.add_argument("--batch-size", type=int, default=512)
-            p.add_argument("--seed", type=int, default=0)
+            p.add_argument(
+                "--eps", type=_radius, nargs="+", help="default: the run's eval.eps_list"
+            )
+            p.add_argument("--limit", type=_positive_int, help="evaluate the first N examples")
+            p.add_argument("--batch-size", type=_positive_int, default=512)
+            p.add_argument("--seed", type=_non_negative_int, default=0)
             p.add_argument("--no-checks", action="store_true", help="skip the sanity checks")
-            p.add_argument("--resume", action="store_true", help="resume from OUT/eval_state.json")
+            p.add_argument(
+                "--resume",
+                action="store_true",
+                help="go on from OUT/eval_state.json (finished (eps, attack) steps)",
+            )
             _add_distributed_args(p, "evaluation")
         else:
-            p.add_argument("--steps", type=int, default=50)
-            p.add_argument("--eps", type=float, help="default: the run's training ε")
-            p.add_argument("--num", type=int, default=16, help="number of examples")
+            p.add_argument("--steps", type=_positive_int, default=50)
+            p.add_argument("--eps", type=_radius, help="default: the run's training ε")
+            p.add_argument("--num", type=_positive_int, default=16, help="number of examples")
     p = sub.add_parser("experiment", help="run a paper reproduction from experiments/")
     p.add_argument("name", help="experiment module name, e.g. sample_complexity")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="its own options (--smoke, --out)")
@@ -272,19 +480,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from jaxrobust.compilation_cache import enable_compilation_cache
-
-    enable_compilation_cache()
-    # One CPU device per core (before JAX starts its backends): jobs shard their batches.
-    from jaxrobust.parallel import use_cpu_cores_as_devices
-
-    use_cpu_cores_as_devices()
+    """Run the `jaxrobust` command; returns the exit status (0, 2 bad input, 130 Ctrl-C)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a malformed command line (2): argparse printed it
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    where = f"jaxrobust {args.command}"
     try:
         return args.fn(args)
     except JaxRobustError as e:
-        print(f"jaxrobust {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{where}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except _Interrupted as e:
+        print(f"\n{where}: interrupted; {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"\n{where}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:  # a file system refusing: permissions, a full disk, a bad path
+        print(f"{where}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import runpy
 from collections.abc import Iterable
 from pathlib import Path
@@ -150,10 +151,19 @@ def set_value(cfg: ml_collections.ConfigDict, path: str, value: Any) -> None:
     if leaf not in node and not free_form:
         raise ConfigError(_unknown(cfg, path))
     if free_form:
+        if isinstance(value, list):
+            value = tuple(value)
         with node.unlocked():
-            node[leaf] = value
+            try:
+                node[leaf] = value
+            except TypeError:  # ml_collections keeps the type of an existing key
+                old = node[leaf]
+                raise ConfigError(
+                    f"config key {path!r} expects a {type(old).__name__} such as {old!r}, "
+                    f"got {value!r} ({type(value).__name__})"
+                ) from None
         return
-    old = node[leaf]
+    old, original = node[leaf], value
     if isinstance(old, ml_collections.ConfigDict) and isinstance(value, dict):
         node[leaf] = ml_collections.ConfigDict(value)  # e.g. model.kwargs={"depth": 16}
         return
@@ -163,12 +173,22 @@ def set_value(cfg: ml_collections.ConfigDict, path: str, value: Any) -> None:
         value = tuple(value)
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if old is not None and type(old) is not type(value) and not isinstance(old, tuple):
+    if isinstance(old, tuple) and not isinstance(value, tuple):
+        value = None  # not a sequence: reported below
+    if old is not None and type(old) is not type(value):
         raise ConfigError(
-            f"config key {path!r} expects a {type(old).__name__}, got {value!r} "
-            f"({type(value).__name__})"
+            f"config key {path!r} expects a {type(old).__name__}, got {original!r} "
+            f"({type(original).__name__})"
         )
+    if isinstance(old, tuple) and old and all(_is_number(v) for v in old):
+        if not all(_is_number(v) for v in value):
+            raise ConfigError(f"config key {path!r} expects a tuple of numbers, got {original!r}")
+        value = tuple(float(v) if isinstance(old[0], float) else v for v in value)
     node[leaf] = value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _unknown(cfg: ml_collections.ConfigDict, path: str) -> str:
@@ -229,22 +249,80 @@ def load_config(
     return cfg
 
 
+# Numeric keys and their smallest allowed value (each must also be finite).
+_LOWER_BOUNDS: dict[str, float] = {
+    "seed": 0,
+    "epochs": 1,
+    "batch_size": 1,
+    "adversary.steps": 1,
+    "adversary.step_size": 0,
+    "adversary.trades_beta": 0,
+    "adversary.fast_alpha": 0,
+    "adversary.max_angle": 0,
+    "adversary.max_shift": 0,
+    "adversary.worst_of_k": 1,
+    "optimizer.learning_rate": 0,
+    "optimizer.momentum": 0,
+    "optimizer.weight_decay": 0,
+    "optimizer.warmup_epochs": 0,
+    "optimizer.grad_clip": 0,
+    "eval.steps": 1,
+    "eval.restarts": 1,
+    "eval.every_epochs": 1,
+    "eval.during_steps": 1,
+    "eval.during_examples": 0,
+    "eval.during_train_examples": 0,
+    "eval.batch_size": 1,
+    "checkpoint.keep": 1,
+    "checkpoint.every_steps": 0,
+    "validation.examples": 0,
+    "early_stopping.patience": 0,
+}
+
+
+def _finite_at_least(value: Any, low: float) -> bool:
+    return _is_number(value) and math.isfinite(value) and value >= low
+
+
+def _get(cfg: ml_collections.ConfigDict, path: str) -> Any:
+    node = cfg
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Reject values that would fail later or give silently wrong numbers."""
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {cfg.objective!r}; known: {', '.join(OBJECTIVES)}")
     if cfg.threat not in ("linf", "l2", "l1"):
         raise ConfigError(f"unknown threat {cfg.threat!r}; known: linf, l2, l1")
-    if not cfg.eps >= 0 or not cfg.eval.eps >= 0 or any(not e >= 0 for e in cfg.eval.eps_list):
+    if cfg.eval.threat not in ("", "linf", "l2", "l1"):
         raise ConfigError(
-            f"eps values must be >= 0, got eps={cfg.eps}, eval.eps={cfg.eval.eps}, "
-            f"eval.eps_list={cfg.eval.eps_list}"
+            f"unknown eval.threat {cfg.eval.threat!r}; known: linf, l2, l1 ('' = threat)"
         )
-    for key in ("epochs", "batch_size"):
-        if cfg[key] < 1:
-            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
-    if cfg.eval.steps < 1 or cfg.eval.restarts < 1 or cfg.adversary.steps < 1:
-        raise ConfigError("attack steps and restarts must be >= 1")
+    for key in ("eps", "eval.eps"):
+        if not _finite_at_least(_get(cfg, key), 0):
+            raise ConfigError(
+                f"{key} must be >= 0 and finite (a radius in input units, images in "
+                f"[0, 1]), got {_get(cfg, key)!r}"
+            )
+    eps_list = cfg.eval.eps_list
+    if not isinstance(eps_list, tuple | list) or not eps_list:
+        raise ConfigError(f"eval.eps_list must be a non-empty tuple of numbers, got {eps_list!r}")
+    if any(not _finite_at_least(e, 0) for e in eps_list):
+        raise ConfigError(
+            f"eval.eps_list must hold finite numbers >= 0 (0 = clean accuracy), got {eps_list}"
+        )
+    for key, low in _LOWER_BOUNDS.items():
+        if not _finite_at_least(_get(cfg, key), low):
+            raise ConfigError(f"{key} must be a finite number >= {low}, got {_get(cfg, key)!r}")
+    if cfg.seed >= 2**32:
+        raise ConfigError(f"seed must be < 2**32, got {cfg.seed}")
+    if not cfg.optimizer.learning_rate > 0:
+        raise ConfigError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
+    if not cfg.dataset or not isinstance(cfg.dataset, str):
+        raise ConfigError(f"dataset must be a dataset name, got {cfg.dataset!r}")
     if cfg.optimizer.name not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"unknown optimizer {cfg.optimizer.name!r}; known: adam, adamw, sgd")
     if cfg.optimizer.schedule not in ("constant", "piecewise", "cosine", "cyclic"):
@@ -252,10 +330,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"unknown schedule {cfg.optimizer.schedule!r}; "
             "known: constant, piecewise, cosine, cyclic"
         )
-    for key in ("validation.examples", "early_stopping.patience", "eval.during_train_examples"):
-        section, leaf = key.split(".")
-        if cfg[section][leaf] < 0:
-            raise ConfigError(f"{key} must be >= 0, got {cfg[section][leaf]}")
     es = cfg.early_stopping
     if es.metric not in EARLY_STOPPING_METRICS:
         raise ConfigError(

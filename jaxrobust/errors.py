@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
 
 
@@ -34,6 +33,8 @@ class CheckpointError(JaxRobustError):
 
 def is_concrete(x: Any) -> bool:
     """True when `x` holds values (not a tracer inside jit/vmap/grad)."""
+    import jax  # here, not at the top: the command line raises these errors without JAX
+
     return not isinstance(x, jax.core.Tracer)
 
 

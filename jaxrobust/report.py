@@ -148,7 +148,11 @@ def _is_number(v: Any) -> bool:
 
 
 def plot_training_curves(
-    history: Sequence[Mapping[str, Any]], path: str | Path, *, x: str = "epoch"
+    history: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    x: str = "epoch",
+    labels: Mapping[str, str] | None = None,
 ) -> Path:
     """Learning curves: losses (keys containing "loss") left, accuracies right.
 
@@ -157,7 +161,10 @@ def plot_training_curves(
         ...}; a key may be missing from some entries (e.g. evaluated every few epochs).
       path: the PNG to write.
       x: the key for the x axis; entries without it use their index.
+      labels: legend text per key (default: the key), e.g. to say what inputs a training
+        accuracy was measured on.
     """
+    labels = labels or {}
     groups = {"loss": [], "accuracy": []}
     for entry in history:
         for key in entry:
@@ -175,7 +182,7 @@ def plot_training_curves(
             ]
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="." if len(pts) < 50 else None, label=key)
+                ax.plot(xs, ys, marker="." if len(pts) < 50 else None, label=labels.get(key, key))
         ax.set_xlabel(x)
         ax.set_ylabel(group)
         ax.set_title("losses" if group == "loss" else "accuracies")

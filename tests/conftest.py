@@ -2,12 +2,15 @@
 
 Both live in one temporary folder per test session (per worker under pytest-xdist), so
 tests never depend on or write to the user's ~/.cache. Subprocesses (CLI tests) inherit
-them through the environment.
+them through the environment. The folder (some 200 MB of compiled programs after a full
+run) is removed when the session ends, unless $JAXROBUST_TEST_ROOT named it (kept then,
+to reuse the cache across runs).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +23,7 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+_OWN_ROOT = not os.environ.get("JAXROBUST_TEST_ROOT")
 _ROOT = Path(os.environ.get("JAXROBUST_TEST_ROOT") or tempfile.mkdtemp(prefix="jaxrobust-tests-"))
 os.environ.setdefault("JAXROBUST_DATA_DIR", str(_ROOT / "data"))
 os.environ.setdefault("JAXROBUST_CACHE_DIR", str(_ROOT / "jax_cache"))
@@ -40,3 +44,20 @@ def digits_test():
     from jaxrobust.data import load_split
 
     return load_split("digits", "test")
+
+
+def pytest_unconfigure(config):
+    """Remove this session's data and compilation-cache folder (it is ours alone)."""
+    if _OWN_ROOT:
+        shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A finished `jaxrobust train --config smoke` run (2 epochs, checkpoints at steps 11
+    and 22), shared by the CLI tests; tests that change it work on a copy."""
+    from jaxrobust.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    assert main(["train", "--config", "smoke", "--quiet", "--out", str(out)]) == 0
+    return out

@@ -374,7 +374,7 @@ def test_bad_arguments(digits_mlp):
 def test_bpda_in_the_evaluate_cascade(digits_mlp):
     """`bpda(attack)` is a cascade AttackFn: on the stop_gradient-masked model it reports the
     unmasked model's robust accuracy, where the plain attack reports (almost) clean accuracy."""
-    from jaxrobust.attacks.evaluate import ATTACKS
+    from jaxrobust.attacks.suites import ATTACKS
 
     w, x, y = digits_mlp
     kw = dict(eps=0.2, batch_size=32, checks=False)

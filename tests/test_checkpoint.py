@@ -228,14 +228,97 @@ def test_corrupt_checkpoint_raises(tmp_path: Path, mode: str, capfd, caplog) -> 
     step, state, _ = ck.restore(make_state(0), step=1)
     assert step == 1
     assert_tree_equal(state, make_state(1))
-    # Saving goes on, unless the damage would break orbax's manager (it reads all metrics).
-    if mode == "everything":
-        with pytest.raises(CheckpointError, match="step 2"):
-            ck.save(3, make_state(3))
-        shutil.rmtree(tmp_path / "2")
+    # Falling back to the newest intact step warns once, naming the damaged one.
+    warnings = []
+    step, state, _, damaged = ck.restore_newest_intact(make_state(0), warn=warnings.append)
+    assert (step, damaged) == (1, [2])
+    assert_tree_equal(state, make_state(1))
+    assert len(warnings) == 1 and "step 2" in warnings[0] and "trying step 1" in warnings[0]
+    # Saving goes on; damage that would break orbax's manager (it reads every step's
+    # metrics) sets that step aside, next to the directory, with a warning.
     ck.save(3, make_state(3), metrics={"robust_accuracy": 0.3})
     assert ck.latest_step() == 3
+    if mode == "everything":
+        assert ck.steps() == [1, 3]
+        assert "set aside" in caplog.text
+        aside = tmp_path.with_name(tmp_path.name + ".set-aside")
+        assert [p.name.split("-")[0] for p in aside.iterdir()] == ["2"]
     ck.close()
+
+
+# Every file of a saved step, damaged three ways: what must happen.
+_DAMAGE = ("truncate", "garbage", "delete")
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        # Same length, different bytes: reversed (or flipped when a palindrome / 1 byte).
+        new = data[::-1] if data[::-1] != data else bytes(b ^ 0xFF for b in data)
+        path.write_bytes(new or b"\xff")
+    else:
+        path.unlink()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("how", _DAMAGE)
+def test_every_file_damaged_every_way(tmp_path: Path, how: str, capfd, caplog) -> None:
+    """Truncate, overwrite or delete each file of the newest step, one at a time.
+
+    Allowed outcomes: the state reads back bit-identical (the file was not needed, e.g.
+    orbax's own descriptive metadata), or the step is no longer listed (its commit marker
+    is gone), or a one-line `CheckpointError` naming the step, after which the newest
+    intact step is restored with a warning. Never a different state without an error,
+    never a traceback or asyncio noise on stderr.
+    """
+    base = tmp_path / "base"
+    with Checkpointer(base, keep=3) as ck:
+        ck.save(1, make_state(1), metadata={"n": 1}, metrics={"robust_accuracy": 0.1})
+        ck.save(2, make_state(2), metadata={"n": 2}, metrics={"robust_accuracy": 0.2})
+    files = sorted(p.relative_to(base / "2") for p in (base / "2").rglob("*") if p.is_file())
+    kinds = {p.parts[0] for p in files}
+    assert kinds >= {"state", "metadata", "manifest", "metrics", "commit_success.txt"}, kinds
+    outcomes = {}
+    for i, rel in enumerate(files):
+        root = tmp_path / f"case{i}"
+        shutil.copytree(base, root)
+        _damage(root / "2" / rel, how)
+        capfd.readouterr()
+        with Checkpointer(root, keep=3) as ck:
+            if ck.latest_step() != 2:
+                assert ck.steps() == [1], (rel, ck.steps())
+                outcomes[str(rel)] = "not listed"
+                continue
+            try:
+                step, state, meta = ck.restore(make_state(0))
+            except CheckpointError as e:
+                msg = str(e)
+                assert "step 2" in msg and str(root) in msg and "\n" not in msg, msg
+                assert len(msg) < 1000 and e.__cause__ is None, msg
+                warned = []
+                step, state, meta, damaged = ck.restore_newest_intact(
+                    make_state(0), warn=warned.append
+                )
+                assert (step, damaged, meta) == (1, [2], {"n": 1}) and len(warned) == 1
+                assert_tree_equal(state, make_state(1))
+                outcomes[str(rel)] = "error, fell back to step 1"
+            else:
+                assert (step, meta) == (2, {"n": 2}), rel
+                assert_tree_equal(state, make_state(2))
+                outcomes[str(rel)] = "read back intact"
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and "Exception ignored" not in err, (rel, err[:2000])
+        assert "never retrieved" not in caplog.text, rel
+    print(f"\n{how}:", *(f"  {k}: {v}" for k, v in outcomes.items()), sep="\n")
+    # The JSON items and the files that hold the arrays are what matters: damaging them is
+    # always caught (where orbax keeps the arrays, state/d/ or ocdbt.process_0/d/, depends
+    # on the tree: whichever it is, some array file's damage must be caught).
+    for rel in ("metadata/metadata", "manifest/metadata", "state/manifest.ocdbt"):
+        assert outcomes[rel] == "error, fell back to step 1", (rel, outcomes[rel])
+    data = [v for k, v in outcomes.items() if k.startswith("state/") and "/d/" in k]
+    assert "error, fell back to step 1" in data, outcomes
 
 
 def test_silent_data_change_is_caught_by_checksum(tmp_path: Path) -> None:
@@ -357,3 +440,17 @@ def test_metadata_with_numpy_and_jax_values(tmp_path: Path) -> None:
         "tuple": [1, 2],
         "path": str(tmp_path),
     }
+
+
+def test_no_intact_checkpoint_is_one_error_without_warnings(tmp_path: Path) -> None:
+    with Checkpointer(tmp_path, keep=3) as ck:
+        ck.save(1, make_state(1))
+        ck.save(2, make_state(2))
+    for step in (1, 2):
+        _corrupt_files(tmp_path / str(step), "metadata")
+    warned = []
+    with Checkpointer(tmp_path, keep=3) as ck, pytest.raises(CheckpointError) as info:
+        ck.restore_newest_intact(make_state(0), warn=warned.append)
+    assert warned == []
+    msg = str(info.value)
+    assert "all of steps [1, 2] are corrupt" in msg and "step 2" in msg and "\n" not in msg

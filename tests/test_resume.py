@@ -3,6 +3,7 @@ parameters of an uninterrupted run with the same seed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,6 +62,13 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out.decode()
     assert b"resumed from step" in out
+
+    # Timing fields add up over the segments (each counted up to its last checkpoint):
+    # before, wall_seconds counted the last segment only, below train_seconds.
+    for run, segments in ((full, [0]), (killed, [0, step])):
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["segments"] == segments
+        assert m["wall_seconds"] >= m["train_seconds"] + m["eval_seconds"] > 0, m
 
     a, b = _params(full), _params(killed)
     assert len(a) == len(b)

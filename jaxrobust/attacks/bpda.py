@@ -9,7 +9,7 @@ pass with the masking operations' gradient replaced by the identity:
 
   `straight_through(logits_fn)`  same forward values, bit for bit; the gradient of every
                                  masking operation is the identity.
-  `bpda(attack)`                 an `AttackFn` (see `jaxrobust.attacks.evaluate`): `attack`
+  `bpda(attack)`                 an `AttackFn` (see `jaxrobust.attacks.cascade`): `attack`
                                  on `straight_through(target)`, judged on the target.
   `transfer(attack, surrogate)`  an `AttackFn`: `attack` on a fixed surrogate model, success
                                  and value recomputed on the target.
@@ -158,7 +158,7 @@ def bpda(attack: AttackFn, *, loss: Loss = cross_entropy) -> AttackFn:
     """BPDA: `attack` run on `straight_through(target_fn)`, judged on `target_fn`.
 
     Returns `attack_fn(target_fn, x, y, key, threat) -> Result` (the cascade's `AttackFn`
-    of `jaxrobust.attacks.evaluate`); the surrogate is built from the target at call time,
+    of `jaxrobust.attacks.cascade`); the surrogate is built from the target at call time,
     so a target passed as a `jax.tree_util.Partial` keeps its weights as program inputs.
     Success and value are recomputed on the target (see `transfer`).
     """

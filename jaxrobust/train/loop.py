@@ -47,7 +47,7 @@ from jaxrobust.data import (
     make_loader,
     restore_loader_state,
 )
-from jaxrobust.errors import CheckpointError, ConfigError
+from jaxrobust.errors import CheckpointError, ConfigError, JaxRobustError
 from jaxrobust.models import create_model
 from jaxrobust.parallel import (
     data_mesh_for_batch,
@@ -139,35 +139,78 @@ class _Run:
                 f"batch_size {batch_size} exceeds the {self.num_train} training examples{held_out}"
             )
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.model = build_model(cfg, self.info)
         tx = make_optimizer(cfg, self.total_steps, self.steps_per_epoch)
         self.mesh = data_mesh_for_batch(batch_size)
-        self.state = replicate(
-            TrainState.create(self.model, tx, jax.random.key(cfg.seed), self.info.image_shape),
-            self.mesh,
-        )
+        try:
+            self.model = build_model(cfg, self.info)
+            state = TrainState.create(
+                self.model, tx, jax.random.key(cfg.seed), self.info.image_shape
+            )
+        except JaxRobustError:
+            raise
+        except Exception as e:  # flax, jax and the model's own errors alike
+            # The model's constructor or initialisation refused cfg.model.kwargs.
+            raise ConfigError(
+                f"model {cfg.model.name!r} with model.kwargs {cfg.model.kwargs.to_dict()} "
+                f"cannot be built: {_first_line(e)}"
+            ) from None
+        self.state = replicate(state, self.mesh)
 
 
-def restore_run(run_dir: str | Path, *, best: bool = False) -> tuple[_Run, TrainState, dict]:
-    """Rebuild a run from its directory: (run, state at the latest or best checkpoint, metadata)."""
+def restore_run(
+    run_dir: str | Path,
+    *,
+    best: bool = False,
+    step: int | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[_Run, TrainState, dict]:
+    """Rebuild a run from its directory: (run, state, metadata) at a checkpoint.
+
+    The checkpoint is `step` when given, else the best one with `best`, else the newest
+    one that reads back intact: damaged newer steps are skipped, each with a `warn(message)`.
+    """
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     with Checkpointer(ckpt_dir, keep=1) as ckpt:
-        step = ckpt.best_step() if best else ckpt.latest_step()
-        if step is None:
-            raise CheckpointError(f"no {'best ' if best else ''}checkpoint in {ckpt_dir}")
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"{run_dir} has no config.json: not a jaxrobust run directory")
-        cfg = default_config()
-        try:
-            cfg.update_from_flattened_dict(_flatten(json.loads(config_path.read_text())))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{config_path} is corrupt or foreign: {e}") from None
-        validate(cfg)
+        steps = ckpt.steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {ckpt_dir}")
+        if best:
+            step = ckpt.best_step()
+            if step is None:
+                raise CheckpointError(f"no best checkpoint in {ckpt_dir}")
+        elif step is not None and step not in steps:
+            raise CheckpointError(f"no checkpoint for step {step} in {ckpt_dir}; steps: {steps}")
+        cfg = load_run_config(run_dir)
         run = _Run(cfg, cfg.batch_size)
-        _, state, metadata = ckpt.restore(run.state, step=step)
+        if step is None:
+            _, state, metadata, _ = ckpt.restore_newest_intact(run.state, warn=warn)
+        else:
+            _, state, metadata = ckpt.restore(run.state, step=step)
     return run, state, metadata
+
+
+def load_run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
+    """The validated config of a run directory (its config.json)."""
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} has no config.json: not a jaxrobust run directory")
+    cfg = default_config()
+    try:
+        data = json.loads(config_path.read_text())
+        cfg.update_from_flattened_dict(_flatten(data))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{config_path} is corrupt or foreign: {_first_line(e)}") from None
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise CheckpointError(f"{config_path} holds an invalid config: {e}") from None
+    return cfg
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -291,6 +334,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     data_shards: int | None = None,
+    resume_step: int | None = None,
 ) -> dict[str, Any]:
     """Train, checkpoint and evaluate; write `out_dir/metrics.json` and PNGs. Returns metrics.
 
@@ -307,6 +351,14 @@ def train(
     on the same global batches as N processes, so it reproduces a multi-host run's data
     stream on one machine. Every process returns the same metrics; process 0 alone logs
     (`log`, `progress`) and writes files, apart from the collective checkpoints.
+
+    Resuming restores the newest checkpoint that reads back intact: damaged newer steps are
+    set aside (moved to `checkpoints.set-aside/`, never deleted) with a warning.
+    `resume_step` resumes from that step instead, setting aside the steps after it.
+
+    Timing fields of the returned metrics add up over resumed segments: `train_seconds` and
+    `wall_seconds` count each segment up to its last checkpoint (work after it was lost
+    and redone), `segments` lists the steps each segment started from.
     """
     validate(cfg)
     num_shards = jax.process_count() if data_shards is None else data_shards
@@ -318,7 +370,6 @@ def train(
     if not is_primary():
         progress, log = False, lambda message: None
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     run = _Run(cfg, cfg.batch_size)
     state = run.state
@@ -356,9 +407,20 @@ def train(
     history: list[dict] = []
     sums: dict[str, float] = {}
     count, train_seconds, co_best, co_event = 0, 0.0, -1.0, None
+    wall_before, segments = 0.0, []  # earlier segments' wall time and their first steps
     es_state = _new_early_stopping_state()
+    if resume_step is not None and resume_step not in ckpt.steps():
+        raise CheckpointError(
+            f"--step {resume_step}: no checkpoint for that step in {out / 'checkpoints'}; "
+            f"steps: {ckpt.steps() or 'none'}"
+        )
     if ckpt.latest_step() is not None:
-        step, state, meta = ckpt.restore(state)
+        if resume_step is None:
+            step, state, meta, damaged = ckpt.restore_newest_intact(state, warn=log)
+            later = damaged
+        else:
+            step, state, meta = ckpt.restore(state, step=resume_step)
+            later = [s for s in ckpt.steps() if s > resume_step]
         diff = _config_diff(config_json, meta.get("config", {}))
         if diff:
             raise CheckpointError(
@@ -368,11 +430,18 @@ def train(
         batches.restore(meta["loader"], out / "checkpoints")
         history, sums, count = meta["history"], meta["epoch_sums"], meta["epoch_count"]
         train_seconds, co_best = meta["train_seconds"], meta["co_best"]
+        wall_before = meta.get("wall_seconds", train_seconds)
+        segments = meta.get("segments", [0])
         es_state = meta.get("early_stopping", es_state)
+        for s in later:  # damaged steps, or those after --step: out of the way of new saves
+            why = "damaged" if resume_step is None else f"after --step {resume_step}"
+            ckpt.set_aside(s, why)
         log(f"resumed from step {step} in {out / 'checkpoints'}")
         if es_state["stopped_epoch"] is not None:
             log(f"the run had stopped early at epoch {es_state['stopped_epoch']}")
     if is_primary():
+        # The first file of a run: written once every input has been checked.
+        out.mkdir(parents=True, exist_ok=True)
         report.write_json(out / "config.json", config_json)
 
     def save(step: int, metrics: dict | None = None) -> None:
@@ -383,12 +452,15 @@ def train(
             "epoch_sums": sums,
             "epoch_count": count,
             "train_seconds": train_seconds + time.perf_counter() - t_segment,
+            "wall_seconds": wall_before + time.perf_counter() - t_start,
+            "segments": segments,
             "co_best": co_best,
             "early_stopping": es_state,
         }
         ckpt.save(step, state, metadata=meta, metrics=metrics, force=True)
 
     start, saved = int(state.step), -1
+    segments = [*segments, start] if segments else [start]
     # A run that stopped early is finished: resuming it goes straight to the evaluation.
     stop = start if es_state["stopped_epoch"] is not None else run.total_steps
     t_segment = time.perf_counter()
@@ -546,7 +618,8 @@ def train(
         "curve": {"eps": eps_list, "robust_accuracy": curve},
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
-        "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds": wall_before + time.perf_counter() - t_start,
+        "segments": segments,
         "epochs": cfg.epochs,
         "steps": int(last_state.step),
         "num_train": run.num_train,
@@ -583,6 +656,33 @@ def train(
     return metrics_out
 
 
+# What a training batch's inputs are under each objective: train_loss and train_accuracy
+# are measured on them, not on the clean inputs.
+_TRAINING_INPUTS = {
+    "standard": "clean inputs",
+    "pgd_at": "PGD adversarial inputs",
+    "fast_at": "FGSM-RS adversarial inputs",
+    "trades": "TRADES adversarial inputs",
+    "spatial_worst_of_k": "worst-of-k rotated/shifted inputs",
+    "spatial_random": "randomly rotated/shifted inputs",
+}
+
+
+def training_curve_labels(objective: str) -> dict[str, str]:
+    """Legend labels of the training curves that say what train_* was measured on."""
+    inputs = _TRAINING_INPUTS.get(objective)
+    if inputs is None:
+        return {}
+    labels = {
+        "train_accuracy": f"train_accuracy (on {inputs})",
+        "train_loss": f"train_loss (on {inputs})",
+    }
+    if objective == "trades":  # TRADES logs the clean batch's accuracy as well
+        labels["train_loss"] = "train_loss (TRADES: clean CE + beta * KL)"
+        labels["train_clean_accuracy"] = "train_clean_accuracy (on clean inputs)"
+    return labels
+
+
 def _write_figures(out: Path, state: TrainState, metrics: dict, x, y, threat) -> None:
     c = metrics["curve"]
     report.plot_accuracy_vs_eps(
@@ -596,7 +696,11 @@ def _write_figures(out: Path, state: TrainState, metrics: dict, x, y, threat) ->
         title=f"{metrics['dataset']}: robust accuracy ({metrics['threat']})",
     )
     if metrics["history"]:
-        report.plot_training_curves(metrics["history"], out / "training_curves.png")
+        report.plot_training_curves(
+            metrics["history"],
+            out / "training_curves.png",
+            labels=training_curve_labels(metrics["objective"]),
+        )
     save_adversarial_grid(state, x[:16], y[:16], threat, out / "adversarial_examples.png")
 
 
