@@ -254,6 +254,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             checks=not args.no_checks,
             state_file=state_file,
             progress=print,  # evaluate reports from process 0 only
+            progress_bar=primary and sys.stderr.isatty(),
         )
     except KeyboardInterrupt:
         kept = "the finished (eps, attack) steps are" if state_file.is_file() else "nothing is"
@@ -285,12 +286,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "compile_seconds": result.compile_seconds,
         "eval_seconds": time.perf_counter() - t0,
         "flags": [{"name": f.name, "message": f.message} for f in result.flags],
+        "escalation": None if result.escalation is None else result.escalation.to_dict(),
+        "per_example": "report.json / report.npz (EvalReport.load)",
         "checks": result.checks,
         "processes": jax.process_count(),
     }
     if not primary:
         return 0
     report.write_json(out / "metrics.json", metrics)
+    result.save(out / "report")  # per-example outcomes and adversarial inputs
     curves = {f"after {name}": (eps_list, accs) for name, accs in per_attack.items()}
     curves["worst case"] = (eps_list, curve)
     title = f"{cfg.dataset} ({threat})"
@@ -299,6 +303,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"eps={e:g}: robust accuracy {acc:.4f}")
     for flag in result.flags:
         print(f"FLAG {flag.name}: {flag.message}")
+    if result.escalation is not None:
+        esc = result.escalation
+        escalated = ", ".join(
+            f"eps={e:g}: {acc:.4f}" for e, acc in zip(result.eps, esc.robust_accuracy, strict=True)
+        )
+        print(f"ESCALATED ({', '.join(esc.attacks)}): robust accuracy {escalated}")
     print(f"clean accuracy {result.clean_accuracy:.4f}; report in {out}")
     return 0
 
