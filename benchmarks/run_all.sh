@@ -9,3 +9,4 @@ for script in pgd_throughput kernels scaling memory compile_time eval_standard; 
   echo "== benchmarks/$script.py"
   python "benchmarks/$script.py"
 done
+echo "== benchmarks/apgd_strength.py" && python benchmarks/apgd_strength.py  # trains 2 models

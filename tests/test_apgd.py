@@ -33,6 +33,7 @@ from jaxrobust.attacks.apgd import (
     apgd_targeted,
     checkpoints,
     largereps_schedule,
+    precise_cross_entropy,
     sparse_ascent,
 )
 from jaxrobust.attacks.pgd import classifier_objective, pgd
@@ -207,6 +208,47 @@ def test_rule_condition_one_threshold_is_strict(rises, halved):
     etas, _, _ = _run_script(scores)
     assert (etas[57] < etas[56]) == halved
     assert etas[56] == 0.5  # kept through 22 and 41
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def _exact_cross_entropy(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """−log p_y in float64 as log1p of the other classes' mass (exact near 0)."""
+    z = z.astype(np.float64)
+    d = z - z[np.arange(len(y)), y][:, None]
+    m = np.maximum(d.max(axis=1), 0.0)
+    e = np.exp(d - m[:, None])
+    e[np.arange(len(y)), y] = 0.0
+    return m + np.log1p(np.expm1(-m) + e.sum(axis=1))
+
+
+def test_apgd_cross_entropy_is_accurate_for_confident_points():
+    # Logits of size 16 with margins 10..60: −log p_y is 2e-27..5e-5, far below the float32
+    # resolution of logsumexp(z) − z_y (~2e-6 here), where APGD would see a flat loss.
+    rng = np.random.default_rng(0)
+    n = 64
+    y = rng.integers(0, 10, n)
+    z = rng.normal(size=(n, 10)).astype(np.float32)
+    margins = np.linspace(10.0, 60.0, n).astype(np.float32)
+    z[np.arange(n), y] = 16.0
+    z += np.where(np.arange(10) == y[:, None], 0.0, 16.0 - margins[:, None] - 3.0)
+    want = _exact_cross_entropy(z, y)
+    got = np.asarray(precise_cross_entropy(jnp.asarray(z), jnp.asarray(y)), np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert np.all(got > 0) and len(np.unique(got)) == n  # no zeros, no ties
+
+
+def test_apgd_cross_entropy_equals_cross_entropy_and_its_gradient():
+    rng = np.random.default_rng(1)
+    z = jnp.asarray(rng.normal(size=(256, 10)) * rng.choice([0.1, 1.0, 10.0, 50.0], (256, 1)))
+    z = z.astype(jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 256))
+    want = _exact_cross_entropy(np.asarray(z), np.asarray(y))
+    np.testing.assert_allclose(np.asarray(precise_cross_entropy(z, y)), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(precise_cross_entropy(z, y), cross_entropy(z, y), atol=1e-4)
+    grad = jax.grad(lambda z: jnp.sum(precise_cross_entropy(z, y)))(z)
+    np.testing.assert_allclose(grad, jax.nn.softmax(z) - jax.nn.one_hot(y, 10), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- linear models

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -121,3 +123,24 @@ def test_scaling_quick(tmp_path):
         assert r["max_abs_diff_vs_1_device"] < 1e-5
     assert out.with_suffix(".md").read_text().startswith("# PGD scaling")
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow  # trains a smoke model and compiles APGD-CE and APGD-T
+def test_apgd_strength_quick(tmp_path):
+    bench = _load("apgd_strength")
+    out = tmp_path / "apgd"
+    assert bench.main(["--quick", "--seeds", "2", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [row["model"] for row in data["results"]] == ["pgd_at", "standard"]
+    for row in data["results"]:
+        assert set(row["attacks"]) == {"apgd-ce", "apgd-t"}
+        for r in row["attacks"].values():
+            counts = r["jaxrobust"]["counts"]
+            assert len(counts) == 2 and all(0 <= c <= row["clean_correct"] for c in counts)
+            assert r["jaxrobust"]["mean"] == sum(counts) / 2
+            if bench.HAVE_PEERS:  # only where the PyTorch peers are installed
+                assert len(r["reference"]["counts"]) == 2
+                # The PyTorch copy of the model agrees on jaxrobust's own examples.
+                by_torch = r["jaxrobust"]["counts_by_pytorch_copy"]
+                assert all(abs(a - b) <= 1 for a, b in zip(by_torch, counts, strict=True))
+    assert out.with_suffix(".md").read_text().startswith("# APGD strength")
