@@ -46,6 +46,7 @@ from typing import NamedTuple
 
 import _common as C  # experiments/ is on sys.path (script dir, or added by the CLI)
 import _digits as D
+import _sample_complexity_digits as SD
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,40 +145,6 @@ SETTINGS = {
         },
     },
 }
-
-# Real data (digits): an MLP trained `steps` Adam steps on batches drawn with replacement
-# from each nested subset (the same budget for every n), standard and PGD-AT at each ε.
-DIGITS_SETTINGS = {
-    "smoke": {
-        "hidden": [64],
-        "steps": 150,
-        "batch": 32,
-        "lr": 3e-3,
-        "n": [20, 50, 100],
-        "seeds": 2,
-        "eps": [0.2],
-        "pgd_steps": 3,
-        "eval_steps": 5,
-        "eval_restarts": 1,
-        "saturation_tol": 0.02,
-        "separate_standard": False,  # one compiled trainer: compiling dominates at this size
-    },
-    "full": {
-        "hidden": [256, 256],
-        "steps": 2000,
-        "batch": 64,
-        "lr": 2e-3,
-        "n": [25, 50, 100, 200, 400, 800, 1437],
-        "seeds": 4,
-        "eps": [0.1, 0.2],
-        "pgd_steps": 7,
-        "eval_steps": 20,
-        "eval_restarts": 2,
-        "saturation_tol": 0.02,
-        "separate_standard": True,  # standard() without PGD passes: half the training time
-    },
-}
-
 
 # ------------------------------------------------------------------------ Gaussian, closed form
 
@@ -909,203 +876,6 @@ def plot_distribution(ver, path: Path) -> None:
     C.save(fig, path)
 
 
-# -------------------------------------------------------------------- real data: digits
-
-
-def digits_experiment(key: Array, cfg: dict, out: Path, smoke: bool, seed: int) -> dict:
-    """Standard and PGD-AT (ℓ∞) MLPs on nested class-balanced subsets of the digits.
-
-    One vmapped training program per objective over (ε_train, n, seed); clean and PGD test
-    accuracy, PGD accuracy on each model's own training subset, saturation n. Writes
-    out/sample_complexity_digits.{json,png}; returns the JSON dict.
-    """
-    t0 = time.perf_counter()
-    x, y, x_test, y_test = D.load()
-    model = D.make_model(cfg["hidden"])
-    k_grid, k_eval = jax.random.split(key)
-    eps_train = [0.0, *cfg["eps"]]
-    grid = D.grid_configs(k_grid, y, eps_train, cfg["n"], cfg["seeds"])
-    shape = grid["shape"]  # (E, N, S)
-    params, losses, train_time = D.timed_sweep(model, x, y, grid, cfg)
-
-    t = time.perf_counter()
-    # One job list, one compiled attack on test ∪ train: every model at its own ε_train
-    # (ε = 0: clean), plus the standard models at every AT ε (how robust plain training is).
-    eps_cfg = np.asarray(grid["eps"])
-    n_cfg = eps_cfg.shape[0]
-    std_idx = np.flatnonzero(eps_cfg == 0)  # the E = 0 block: (n, seed) in grid order
-    job_idx = np.concatenate([np.arange(n_cfg), *([std_idx] * len(cfg["eps"]))])
-    job_eps = np.concatenate([eps_cfg, *(np.full(std_idx.size, e, np.float32) for e in cfg["eps"])])
-    clean, rob = D.evaluate_jobs(
-        model,
-        params,
-        jnp.concatenate([x_test, x]),
-        jnp.concatenate([y_test, y]),
-        k_eval,
-        jnp.asarray(job_idx),
-        jnp.asarray(job_eps),
-        steps=cfg["eval_steps"],
-        restarts=cfg["eval_restarts"],
-    )
-    m = x_test.shape[0]
-    # Training accuracy is measured on each model's own subset order[:n] only.
-    member = jax.vmap(D.in_subset, (0, 0, None))(grid["orders"], grid["ns"], x.shape[0])
-    test_acc = lambda c: np.asarray(c[:, :m].mean(1))  # noqa: E731
-    subset_acc = lambda c: np.asarray(jnp.sum(c[:, m:] * member, 1) / grid["ns"])  # noqa: E731
-    clean_test = test_acc(clean[:n_cfg]).reshape(shape)
-    clean_train = subset_acc(clean[:n_cfg]).reshape(shape)
-    rob_test = test_acc(rob[:n_cfg]).reshape(shape)  # at the model's own ε_train
-    rob_train = subset_acc(rob[:n_cfg]).reshape(shape)
-    std_rob_test = test_acc(rob[n_cfg:]).reshape(len(cfg["eps"]), *shape[1:])  # (A, N, S)
-    eval_time = time.perf_counter() - t
-
-    ns = cfg["n"]
-    mean, se = D.seed_mean, D.seed_se
-    tol = cfg["saturation_tol"]
-    std_clean = clean_test[0]  # (N, S)
-    results = {
-        "standard": {
-            "clean_test": mean(std_clean),
-            "clean_test_se": se(std_clean),
-            "clean_train": mean(clean_train[0]),
-            "clean_gap": mean(clean_train[0] - std_clean),
-            "robust_test": {f"{e:g}": mean(std_rob_test[a]) for a, e in enumerate(cfg["eps"])},
-            "saturation_n_clean": D.saturation_n(ns, mean(std_clean), tol),
-        }
-    }
-    for a, e in enumerate(cfg["eps"]):
-        i = a + 1  # row of ε_train = e
-        results[f"pgd_at_{e:g}"] = {
-            "eps": e,
-            "clean_test": mean(clean_test[i]),
-            "clean_test_se": se(clean_test[i]),
-            "robust_test": mean(rob_test[i]),
-            "robust_test_se": se(rob_test[i]),
-            "robust_train": mean(rob_train[i]),
-            "robust_gap": mean(rob_train[i] - rob_test[i]),
-            "robust_gap_se": se(rob_train[i] - rob_test[i]),
-            "saturation_n_clean": D.saturation_n(ns, mean(clean_test[i]), tol),
-            "saturation_n_robust": D.saturation_n(ns, mean(rob_test[i]), tol),
-        }
-    sat_std = results["standard"]["saturation_n_clean"]
-    at = [results[f"pgd_at_{e:g}"] for e in cfg["eps"]]
-    acc = {
-        "saturation_tol": tol,
-        "standard_saturation_n": sat_std,
-        "robust_saturation_n": {f"{r['eps']:g}": r["saturation_n_robust"] for r in at},
-        "standard_saturates_before_robust": all(sat_std < r["saturation_n_robust"] for r in at),
-        "robust_accuracy_gain_last_doubling_pp": {
-            f"{r['eps']:g}": 100 * float(r["robust_test"][-1] - r["robust_test"][-2]) for r in at
-        },
-        "standard_accuracy_gain_last_doubling_pp": 100
-        * float(results["standard"]["clean_test"][-1] - results["standard"]["clean_test"][-2]),
-        "robust_gap_shrinks_with_n": all(r["robust_gap"][-1] < r["robust_gap"][0] for r in at),
-    }
-    counts = [D.class_counts(grid["seed_orders"][0], y, n) for n in ns]
-    data = {
-        **D.report_header(NAME, smoke, seed, cfg, x, x_test),
-        "n": ns,
-        "class_counts_seed0": np.stack(counts),
-        "results": results,
-        "per_seed": {
-            "eps_train": eps_train,
-            "clean_test": clean_test,
-            "clean_train": clean_train,
-            "robust_test_at_eps_train": rob_test,
-            "robust_train_at_eps_train": rob_train,
-            "standard_robust_test": std_rob_test,
-            "final_train_loss": np.asarray(losses[:, -50:].mean(1)).reshape(shape),
-        },
-        "acceptance": acc,
-        "train_time_s": round(train_time, 2),
-        "eval_time_s": round(eval_time, 2),
-    }
-    plot_digits(data, out / f"{NAME}_digits.png")
-    lines = [
-        f"standard: clean {np.round(results['standard']['clean_test'], 3).tolist()} "
-        f"(saturation n {sat_std})",
-        *(
-            f"PGD-AT ε={r['eps']:g}: robust {np.round(r['robust_test'], 3).tolist()} (saturation "
-            f"n {r['saturation_n_robust']}), gap {np.round(r['robust_gap'], 3).tolist()}"
-            for r in at
-        ),
-        f"acceptance: {acc}",
-    ]
-    D.write(out, NAME, data, t0, lines)
-    return data
-
-
-def plot_digits(data: dict, path: Path) -> None:
-    """Accuracy vs n (left) and robust train − test gap vs n (right), mean ± SE over seeds."""
-    fig, axes = C.figure(1, 2, (5.4, 4.2))
-    n = np.asarray(data["n"])
-    res = data["results"]
-    ax = axes[0, 0]
-    std = res["standard"]
-    ax.errorbar(
-        n, std["clean_test"], std["clean_test_se"], fmt="k-o", ms=3, label="standard: clean"
-    )
-    ax.axvline(std["saturation_n_clean"], color="k", ls=":", lw=1)
-    for a, e in enumerate(data["settings"]["eps"]):
-        r = res[f"pgd_at_{e:g}"]
-        c = f"C{a}"
-        ax.errorbar(
-            n,
-            r["clean_test"],
-            r["clean_test_se"],
-            fmt="--s",
-            color=c,
-            ms=3,
-            label=f"PGD-AT ε={e:g}: clean",
-        )
-        ax.errorbar(
-            n,
-            r["robust_test"],
-            r["robust_test_se"],
-            fmt="-o",
-            color=c,
-            ms=3,
-            label=f"PGD-AT ε={e:g}: robust at ε",
-        )
-        ax.axvline(r["saturation_n_robust"], color=c, ls=":", lw=1)
-        ax.plot(
-            n,
-            std["robust_test"][f"{e:g}"],
-            ":",
-            color=c,
-            lw=1,
-            label=f"standard: robust at ε={e:g}",
-        )
-    ax.set_xscale("log")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("training samples n (class-balanced, nested)")
-    ax.set_ylabel("test accuracy")
-    tol = data["acceptance"]["saturation_tol"]
-    ax.set_title(f"digits, MLP (dotted verticals: saturation n, {100 * tol:g} pp)", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6)
-    ax = axes[0, 1]
-    ax.plot(n, std["clean_gap"], "k-o", ms=3, label="standard: clean train − test")
-    for a, e in enumerate(data["settings"]["eps"]):
-        r = res[f"pgd_at_{e:g}"]
-        ax.errorbar(
-            n,
-            r["robust_gap"],
-            r["robust_gap_se"],
-            fmt="-o",
-            color=f"C{a}",
-            ms=3,
-            label=f"PGD-AT ε={e:g}: robust train − test",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("training samples n")
-    ax.set_ylabel("generalization gap (accuracy)")
-    ax.set_title("train accuracy on the model's own subset minus test", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    C.save(fig, path)
-
-
 # ----------------------------------------------------------------------------------- main
 
 
@@ -1117,9 +887,9 @@ def main(argv: list[str] | None = None) -> int:
     key = jax.random.key(args.seed)
     # Its own stream (not one of the split below), so --part digits draws the same numbers.
     k_digits = jax.random.fold_in(key, 2018)
-    cfg_digits = DIGITS_SETTINGS["smoke" if args.smoke else "full"]
+    cfg_digits = SD.DIGITS_SETTINGS["smoke" if args.smoke else "full"]
     if args.part == "digits":
-        digits_experiment(k_digits, cfg_digits, out, args.smoke, args.seed)
+        SD.digits_experiment(k_digits, cfg_digits, out, args.smoke, args.seed)
         return 0
     k_curves, k_nstar, k_ver, k_check, k_at, k_bern = jax.random.split(key, 6)
     timings = {}
@@ -1139,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     digits = None
     if args.part == "all":
         digits = timed(
-            "digits", digits_experiment, k_digits, cfg_digits, out, args.smoke, args.seed
+            "digits", SD.digits_experiment, k_digits, cfg_digits, out, args.smoke, args.seed
         )
     acc = acceptance(curves, nstar, checks, cfg)
     acc["distribution_ks_pvalues_min"] = min(
