@@ -193,7 +193,7 @@ def acceptance(cfg: dict, results: dict, clean_test, rob_test, test_size: int) -
     at = {f"{e:g}": results[f"pgd_at_{e:g}"] for e in cfg["eps"]}
     sat_std = results["standard"]["saturation_n_clean"]
     sat_how = f"smallest n whose seed-mean accuracy is within {tol:g} of the curve's maximum"
-    gain = lambda a: 100 * (a[:, -1] - a[:, -2])  # noqa: E731  per seed, (N, S) -> (S,)
+    gain = lambda a: 100 * (a[-1] - a[-2])  # noqa: E731  per seed, (N, S) -> (S,)
     acc = {
         "saturation_tol": tol,
         "standard_clean_test": C.measured(

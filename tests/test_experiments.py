@@ -302,6 +302,7 @@ def test_digits_vmapped_trainer_matches_single_runs():
     assert not np.allclose(w[0], w[1])
 
 
+@pytest.mark.slow
 def test_sample_complexity_digits_smoke(tmp_path):
     data = _run_digits("sample_complexity", tmp_path)
     _pngs(tmp_path, ["sample_complexity_digits"])
