@@ -119,12 +119,12 @@ SETTINGS = {
             "range": [0.02, 0.98],
             "per_curve": 3,
             "draws": 8,
-            "budget": 2 * 10**8,  # d × held-out samples × draws, per point
+            "budget": 4 * 10**7,  # d × held-out samples × draws, per point
             "max_test": 2000,
             "chunk_elems": 4 * 10**6,
             "steps": 5,
         },
-        "headline": {"d": 100_000, "eps": 0.25, "draws": 8, "budget": 4 * 10**8},
+        "headline": {"d": 100_000, "eps": 0.25, "draws": 8, "budget": 10**8},
         "nstar_headline": {"eps": 0.5, "c": 0.5, "measure": {"draws": 8, "budget": 2 * 10**8}},
         "at": {
             "d": 10_000,
