@@ -91,7 +91,7 @@ def test_sample_complexity_smoke(tmp_path):
     assert np.all(nst >= 1) and np.all(nst == np.round(nst))
     acc = data["acceptance"]["n_star"]
     assert acc["nondecreasing_in_d"] and acc["nondecreasing_in_eps"]
-    assert acc["increases_with_d_where_above_1"]
+    assert acc["grows_over_d_range"]
     assert acc["slope_rows"] >= 1 and acc["slope_increases_with_d"]
     assert data["n_star_twins"] and acc["twins_agree"]
     # The closed-form error at n* is <= target, at n* − 1 above it.
