@@ -153,18 +153,25 @@ def informative_points(curves: list[dict], lo: float, hi: float, per_curve: int)
     return pts
 
 
+def effective_se(measured: dict, exact: float) -> float:
+    """The measurement's standard error, floored at the binomial SE √(p(1−p)/n) at the
+    closed-form value p: with few draws whose errors all saturate (all 1 at the headline
+    point), the spread over draws is 0 and would claim an exact measurement."""
+    p = float(np.clip(exact, 0.0, 1.0))
+    return max(measured["se"] or 0.0, float(np.sqrt(p * (1 - p) / measured["n"])))
+
+
 def agreement(measured: dict, exact: float, exact_se: float, k: float = 3.0) -> dict:
     """Does a measured value agree with the closed form: |Δ| within k combined SEs (and the
-    95% confidence interval of the measurement, for the record)?"""
-    se = float(np.hypot(measured["se"] or 0.0, exact_se))
-    delta = measured["value"] - exact
+    95% confidence interval, for the record)? The measured SE is `effective_se`."""
+    se_m = effective_se(measured, exact)
+    se = float(np.hypot(se_m, exact_se))
+    value = measured["value"]
+    delta = value - exact
     return {
         "delta": delta,
         "combined_se": se,
-        "ci95": [
-            measured["value"] - Z95 * (measured["se"] or 0.0),
-            measured["value"] + Z95 * (measured["se"] or 0.0),
-        ],
+        "ci95": [value - Z95 * se_m, value + Z95 * se_m],
         "within_ci95": bool(abs(delta) <= Z95 * se),
         "agrees": bool(abs(delta) <= max(k * se, 1e-12)),
     }
