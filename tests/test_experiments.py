@@ -312,7 +312,10 @@ def test_sample_complexity_digits_smoke(tmp_path):
     n = data["n"]
     counts = np.asarray(data["class_counts_seed0"])
     assert counts.shape == (len(n), 10) and counts.sum(1).tolist() == n
-    assert np.all(counts.max(1) - counts.min(1) <= 1)
+    # class-balanced while every class has examples left (n <= 10 x the smallest class)
+    cap = 10 * np.bincount(np.asarray(_module("_digits").load()[1])).min()
+    balanced = np.asarray(n) <= cap
+    assert balanced.any() and np.all((counts.max(1) - counts.min(1))[balanced] <= 1)
     res = data["results"]
     assert set(res) == {"standard", *(f"pgd_at_{e:g}" for e in s["eps"])}
     std = res["standard"]
