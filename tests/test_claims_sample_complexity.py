@@ -219,9 +219,7 @@ def _bernoulli(s: dict) -> None:
     for k, e in enumerate(b["eps"]):
         meas = np.asarray(_measured(thr)[k])
         exact = np.asarray(_measured(b["thresholded_robust_exact_search"])[k])
-        lin = np.asarray(_measured(b["linear_robust"])[k])
         np.testing.assert_array_equal(meas, exact)  # the two attacks agree
-        assert np.all(lin >= std)
         if e < 1:
             np.testing.assert_allclose(meas, arg["value"][k])  # measured = by argument
             np.testing.assert_allclose(meas, std)
