@@ -12,15 +12,15 @@ successful one beats an unsuccessful one, then the higher value (lower when mini
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrobust.errors import InputError
-from jaxrobust.threat import ThreatModel
+from jaxrobust.errors import Check, InputError, enforce, screen
+from jaxrobust.threat import ThreatModel, input_checks
 
 Array = jax.Array
 Objective = Callable[[Array], Any]
@@ -85,6 +85,7 @@ class _Best(NamedTuple):
     score: Array  # value with the sign that makes larger better
     value: Array
     success: Array
+    nan: Array  # (B,) bool: the objective was NaN at some iterate
 
 
 def _broadcast(v: Array, like: Array) -> Array:
@@ -96,13 +97,40 @@ def _improves(score: Array, success: Array, best: _Best) -> Array:
     return (success & ~best.success) | ((success == best.success) & (score > best.score))
 
 
-def _merge(best: _Best, delta: Array, score: Array, value: Array, success: Array) -> _Best:
+def _merge(
+    best: _Best, delta: Array, score: Array, value: Array, success: Array, nan: Array = False
+) -> _Best:
     take = _improves(score, success, best)
     return _Best(
         delta=jnp.where(_broadcast(take, delta), delta, best.delta),
         score=jnp.where(take, score, best.score),
         value=jnp.where(take, value, best.value),
         success=jnp.where(take, success, best.success),
+        nan=best.nan | jnp.isnan(value) | nan,
+    )
+
+
+def invalidate(result: Result, bad: Array | None) -> Result:
+    """Poison a result that a failed traced check (`errors.enforce`) makes meaningless:
+    x_adv, delta and value NaN and every example counted as broken, so that no robust
+    accuracy can be read off it even where the check's host callback cannot raise."""
+    if bad is None:
+        return result
+    return Result(
+        x_adv=jnp.where(bad, jnp.nan, result.x_adv),
+        delta=jnp.where(bad, jnp.nan, result.delta),
+        value=jnp.where(bad, jnp.nan, result.value),
+        success=result.success | bad,
+    )
+
+
+def _nan_check(nan: Array) -> Check:
+    return Check(
+        jnp.any(nan) if isinstance(nan, jax.core.Tracer) else bool(jnp.any(nan)),
+        "the attack objective is NaN for {} of {} examples: the model returned non-finite "
+        "logits (NaN or inf) at some iterate, or the objective is undefined there; check "
+        "its weights and inputs",
+        (jnp.sum(nan), nan.shape[0]),
     )
 
 
@@ -130,6 +158,7 @@ def _empty_best(delta: Array, batch: int, dtype) -> _Best:
         score=jnp.full((batch,), -jnp.inf, dtype),
         value=jnp.full((batch,), jnp.nan, dtype),
         success=jnp.zeros((batch,), bool),
+        nan=jnp.zeros((batch,), bool),
     )
 
 
@@ -187,6 +216,7 @@ def optimize(
     maximize: bool = True,
     has_aux: bool = False,
     unroll: int | None = None,
+    checks: Sequence[Check] = (),
 ) -> Result:
     """Projected steepest ascent (or descent) of `objective` over `threat`, per example.
 
@@ -210,6 +240,11 @@ def optimize(
       unroll: unroll factor of the step loop (a backend tuning knob); None = the fastest
         plan for the backend (`loop_plan`: full unroll of short single-restart ℓ∞ step
         loops on CPU).
+      checks: further validity `Check`s of the caller (e.g. labels in range), fused with
+        the engine's own: x finite and in `threat.box`, ε finite and >= 0, a non-empty
+        batch, an objective that is never NaN. Concrete failures raise `InputError`;
+        traced ones raise through one host callback and poison the result
+        (`jaxrobust.errors`).
 
     Returns:
       `Result(x_adv, delta, value, success)`.
@@ -221,6 +256,7 @@ def optimize(
         rule = fixed_step(step_size) if optimizer is None else optax_step(optimizer)
     if steps < 0 or restarts < 1:
         raise InputError(f"need steps >= 0 and restarts >= 1, got {steps=}, {restarts=}")
+    pending = screen([*checks, *input_checks(threat, x)])
     batch = x.shape[0]
     sign = 1.0 if maximize else -1.0
     split = _split_objective(objective, has_aux, batch)
@@ -262,7 +298,7 @@ def optimize(
 
         def restart(best, run_key):
             b, d, v, s = one_run(run_key)
-            return _merge(best, b.delta, b.score, b.value, b.success), (d, v, s)
+            return _merge(best, b.delta, b.score, b.value, b.success, b.nan), (d, v, s)
 
         best, (ds, vs, ss) = jax.lax.scan(restart, best, run_keys[1:])
         last_delta, last_values, last_success = ds[-1], vs[-1], ss[-1]
@@ -271,7 +307,8 @@ def optimize(
         delta, values, success = best.delta, best.value, best.success
     else:
         delta, values, success = last_delta, last_values, last_success
-    return Result(threat.apply(x, delta), delta, values, success)
+    bad = enforce([*pending, _nan_check(best.nan)])
+    return invalidate(Result(threat.apply(x, delta), delta, values, success), bad)
 
 
 def best_of(
@@ -283,14 +320,17 @@ def best_of(
     threat: ThreatModel,
     maximize: bool = True,
     has_aux: bool = False,
+    checks: Sequence[Check] = (),
 ) -> Result:
     """Evaluate `num` candidate perturbations and keep the per-example best (no gradients).
 
     `candidates(i)` returns the i-th perturbation for the whole batch (threat-model shape).
     Grid search and worst-of-k random search over spatial transforms are this function.
+    `checks` and the engine's own validity checks as in `optimize`.
     """
     if num < 1:
         raise InputError(f"need at least one candidate, got {num}")
+    pending = screen([*checks, *input_checks(threat, x)])
     batch = x.shape[0]
     sign = 1.0 if maximize else -1.0
     split = _split_objective(objective, has_aux, batch)
@@ -303,4 +343,7 @@ def best_of(
         return _merge(best, delta, sign * values, values, success), None
 
     best, _ = jax.lax.scan(body, best0, jnp.arange(num))
-    return Result(threat.apply(x, best.delta), best.delta, best.value, best.success)
+    bad = enforce([*pending, _nan_check(best.nan)])
+    return invalidate(
+        Result(threat.apply(x, best.delta), best.delta, best.value, best.success), bad
+    )

@@ -25,8 +25,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxrobust.errors import InputError, check_eps
+from jaxrobust.errors import Check, InputError, check_eps, eps_checks, range_checks
 
 Array = jax.Array
 
@@ -107,6 +108,13 @@ def _bisect(fn: Callable[[Array], Array], lo: Array, hi: Array, iters: int = 40)
 
 def _validate(eps: Any, lo: float, hi: float) -> None:
     check_eps(eps)
+    for name, v in (("lo", lo), ("hi", hi)):
+        try:
+            finite = np.ndim(v) == 0 and math.isfinite(float(v))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise InputError(f"the input box bound {name} must be a finite number, got {v!r}")
     if not lo < hi:
         raise InputError(f"the input box needs lo < hi, got lo={lo}, hi={hi}")
 
@@ -401,6 +409,26 @@ def spatial(
         eps=(max_angle, max_dx, max_dy),
         box=(lo, hi),
     )
+
+
+def input_checks(threat: ThreatModel, x: Any, name: str = "x") -> list[Check]:
+    """What every attack and the engine check before they run: a non-empty batch (static,
+    raises), x finite and inside `threat.box`, ε finite and >= 0. Concrete values raise
+    `InputError` now; traced ones come back as `Check`s for `errors.enforce`."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) < 1:
+        raise InputError(f"{name} must be an array with a leading batch axis, got {x!r:.80}")
+    if shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {tuple(shape)}): nothing to attack")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise InputError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+    checks = range_checks(x, *threat.box, name=name)
+    if threat.eps is not None and not threat.name.endswith("unconstrained"):
+        names = ("max_angle", "max_dx", "max_dy") if threat.name == "spatial" else None
+        leaves = threat.eps if names else (threat.eps,)
+        for i, e in enumerate(leaves):
+            checks += eps_checks(e, names[i] if names else "eps")
+    return checks
 
 
 THREATS: dict[str, Callable[..., ThreatModel]] = {

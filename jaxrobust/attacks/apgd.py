@@ -77,7 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.attacks.pgd import check_attack_inputs, check_result, classifier_objective
+from jaxrobust.attacks.pgd import classifier_objective, guard, label_input_checks
 from jaxrobust.errors import InputError, check_eps, is_concrete
 from jaxrobust.losses import Loss, cross_entropy, dlr, dlr_targeted
 from jaxrobust.optimize import Result, StepRule, merge_results, optimize
@@ -635,7 +635,7 @@ def apgd(
       and restarts, a misclassified one first (success[i] = misclassified), then the
       highest loss; value is the loss there.
     """
-    check_attack_inputs(x, y, threat)
+    checks = label_input_checks(logits_fn, x, y)
     result = _run(
         classifier_objective(logits_fn, y, loss=_resolve_loss(loss)),
         x,
@@ -649,7 +649,7 @@ def apgd(
         topk_fraction=topk_fraction,
         use_largereps=use_largereps,
     )
-    return check_result(result)
+    return guard(result, checks)
 
 
 def targeted_margin(logits: Array, y: Array, target: Array) -> Array:
@@ -700,7 +700,7 @@ def apgd_targeted(
       success (misclassified, argmax != y, whichever class wins) dominates, then the
       higher targeted loss; value is the targeted loss for the chosen target.
     """
-    check_attack_inputs(x, y, threat)
+    checks = label_input_checks(logits_fn, x, y)
     if n_target_classes < 1:
         raise InputError(f"n_target_classes must be >= 1, got {n_target_classes}")
     _check_topk_fraction(topk_fraction)
@@ -753,4 +753,4 @@ def apgd_targeted(
         success=jnp.zeros((batch,), bool),
     )
     best, _ = jax.lax.scan(body, empty, (jnp.arange(k), targets.T))
-    return check_result(best)
+    return guard(best, checks)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs
+from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs, guard
 from jaxrobust.errors import InputError
 from jaxrobust.losses import Loss, cross_entropy
 from jaxrobust.optimize import Result
@@ -125,7 +125,7 @@ def query_limited_attack(
     Returns:
       `BlackBoxResult`.
     """
-    check_attack_inputs(x, y, threat)
+    checks = check_attack_inputs(x, y, threat, logits_fn=logits_fn)
     if threat.name not in ("linf", "l2"):
         raise InputError(f"query-limited attacks support linf and l2, got {threat.name!r}")
     if estimator not in ("nes", "bandits"):
@@ -197,8 +197,15 @@ def query_limited_attack(
     (delta, _, alive, queries), _ = jax.lax.scan(step, init, jnp.arange(iters))
     x_adv = x + delta
     success = alive0 & ~alive
-    result = Result(x_adv, delta, loss_fn(x_adv), ~correct(x_adv))
+    # Non-finite logits make the loss NaN: `guard` names that (and bad inputs) and
+    # poisons the result, and with it the summaries.
+    logits = logits_fn(x_adv)
+    finite = jnp.all(jnp.isfinite(logits), axis=-1) & jnp.all(jnp.isfinite(logits_fn(x)), -1)
+    value = jnp.where(finite, loss(logits, y), jnp.nan)
+    result = guard(Result(x_adv, delta, value, jnp.argmax(logits, -1) != y), checks)
+    invalid = jnp.any(jnp.isnan(result.value))
     n_success = jnp.sum(success)
     mean_queries = jnp.where(n_success > 0, jnp.sum(queries * success) / n_success, jnp.nan)
     failure = jnp.sum(alive0 & alive) / jnp.maximum(jnp.sum(alive0), 1)
+    failure = jnp.where(invalid, jnp.nan, failure)
     return BlackBoxResult(result, queries, mean_queries, failure)

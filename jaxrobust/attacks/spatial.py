@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs, check_result, classifier_objective
+from jaxrobust.attacks.pgd import LogitsFn, classifier_objective, label_input_checks
 from jaxrobust.errors import InputError
 from jaxrobust.losses import Loss, cross_entropy
 from jaxrobust.optimize import Result, best_of
@@ -46,18 +46,18 @@ def grid(
     """Try every transform on the grid; per example keep a misclassifying one, else the
     highest-loss one. x: (B, H, W, C) images, y: (B,) labels."""
     threat = spatial() if threat is None else threat
-    check_attack_inputs(x, y, threat)
     transforms = transform_grid(threat, angles, translations)
+    checks = label_input_checks(logits_fn, x, y)
     batch = x.shape[0]
-    result = best_of(
+    return best_of(
         classifier_objective(logits_fn, y, loss=loss),
         x,
         lambda i: jnp.broadcast_to(transforms[i], (batch, 3)),
         transforms.shape[0],
         threat=threat,
         has_aux=True,
+        checks=checks,
     )
-    return check_result(result)
 
 
 def worst_of_k(
@@ -73,19 +73,19 @@ def worst_of_k(
     """k uniformly random transforms per example; keep the worst (the paper's training
     adversary). x: (B, H, W, C), y: (B,)."""
     threat = spatial() if threat is None else threat
-    check_attack_inputs(x, y, threat)
     if threat.name != "spatial":
         raise InputError(f"worst_of_k needs a spatial threat model, got {threat.name!r}")
+    checks = label_input_checks(logits_fn, x, y)
     keys = example_keys(key, k)
-    result = best_of(
+    return best_of(
         classifier_objective(logits_fn, y, loss=loss),
         x,
         lambda i: threat.init(keys[i], x),
         k,
         threat=threat,
         has_aux=True,
+        checks=checks,
     )
-    return check_result(result)
 
 
 def vote(

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs, check_result, classifier_objective
+from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs, classifier_objective, guard
 from jaxrobust.errors import InputError, is_concrete
 from jaxrobust.losses import Loss, get_loss
 from jaxrobust.optimize import Result
@@ -310,7 +310,7 @@ def square(
       query. `value` never falls below its value at the initial point.
     """
     _check(x, threat, queries, p_init, restarts)
-    check_attack_inputs(x, y, threat, target)
+    checks = check_attack_inputs(x, y, threat, target, logits_fn=logits_fn)
     if schedule_queries is None:
         if not is_concrete(queries):
             raise InputError("a traced `queries` needs a static `schedule_queries`")
@@ -429,6 +429,5 @@ def square(
 
     eps = jnp.asarray(threat.eps)
     best = attack(x, jnp.asarray(y), key, eps, target, jnp.asarray(queries, jnp.int32))
-    result = SquareResult(x + best.delta, best.delta, best.value, best.success, best.queries)
-    check_result(result.result)
-    return result
+    result = guard(Result(x + best.delta, best.delta, best.value, best.success), checks)
+    return SquareResult(*result, best.queries)
