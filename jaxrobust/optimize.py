@@ -19,7 +19,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrobust.errors import Check, InputError, enforce, screen
+from jaxrobust.errors import (
+    Check,
+    InputError,
+    check_array,
+    check_bool,
+    check_callable,
+    check_int,
+    check_key,
+    check_threat,
+    enforce,
+    eps_checks,
+    screen,
+)
 from jaxrobust.threat import ThreatModel, input_checks
 
 Array = jax.Array
@@ -142,7 +154,7 @@ def merge_results(best: Result, new: Result, *, maximize: bool = True) -> Result
     take = _improves(
         sign * new.value,
         new.success,
-        _Best(best.delta, sign * best.value, best.value, best.success),
+        _Best(best.delta, sign * best.value, best.value, best.success, best.success),
     )
     return Result(
         x_adv=jnp.where(_broadcast(take, new.x_adv), new.x_adv, best.x_adv),
@@ -174,6 +186,22 @@ def _split_objective(objective: Objective, has_aux: bool, batch: int):
         return values, success
 
     return fn
+
+
+def _step_size_checks(step_size: StepSize | None) -> list[Check]:
+    """A step size (a number or a per-example array; schedules are the caller's) must be
+    finite and >= 0: the direction is `maximize`'s."""
+    if step_size is None or callable(step_size):
+        return []
+    try:
+        arr = jnp.asarray(step_size)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"step_size must be a number, an array or a schedule, got {step_size!r:.80}"
+        ) from None
+    if not jnp.issubdtype(arr.dtype, jnp.number) or arr.ndim > 1:
+        raise InputError(f"step_size must be a scalar or a (B,) array, got {step_size!r:.80}")
+    return eps_checks(step_size, "step_size")
 
 
 def _step_size_at(step_size: StepSize, i: Array) -> Array:
@@ -249,6 +277,22 @@ def optimize(
     Returns:
       `Result(x_adv, delta, value, success)`.
     """
+    check_callable(objective, "objective")
+    check_array(x)
+    check_key(key)
+    check_threat(threat)
+    check_int(steps, "steps", 0)
+    check_int(restarts, "restarts", 1)
+    for name, flag in (("random_start", random_start), ("keep_best", keep_best)):
+        check_bool(flag, name)
+    check_bool(maximize, "maximize")
+    check_bool(has_aux, "has_aux")
+    if unroll is not None:
+        check_int(unroll, "unroll", 1)
+    if optimizer is not None and not all(hasattr(optimizer, a) for a in ("init", "update")):
+        raise InputError(f"optimizer must be an optax transformation, got {optimizer!r:.80}")
+    if rule is not None and not isinstance(rule, StepRule):
+        raise InputError(f"rule must be a StepRule, got {type(rule).__name__}")
     if sum(v is not None for v in (step_size, optimizer, rule)) != 1:
         raise InputError("give exactly one of step_size, optimizer or rule")
     cheap_step = rule is None and threat.name == "linf"
@@ -256,7 +300,7 @@ def optimize(
         rule = fixed_step(step_size) if optimizer is None else optax_step(optimizer)
     if steps < 0 or restarts < 1:
         raise InputError(f"need steps >= 0 and restarts >= 1, got {steps=}, {restarts=}")
-    pending = screen([*checks, *input_checks(threat, x)])
+    pending = screen([*checks, *input_checks(threat, x), *_step_size_checks(step_size)])
     batch = x.shape[0]
     sign = 1.0 if maximize else -1.0
     split = _split_objective(objective, has_aux, batch)
@@ -328,8 +372,14 @@ def best_of(
     Grid search and worst-of-k random search over spatial transforms are this function.
     `checks` and the engine's own validity checks as in `optimize`.
     """
-    if num < 1:
-        raise InputError(f"need at least one candidate, got {num}")
+    check_callable(objective, "objective")
+    check_callable(candidates, "candidates")
+    check_array(x)
+    check_threat(threat)
+    check_bool(maximize, "maximize")
+    check_bool(has_aux, "has_aux")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise InputError(f"need at least one candidate (an integer num >= 1), got {num!r}")
     pending = screen([*checks, *input_checks(threat, x)])
     batch = x.shape[0]
     sign = 1.0 if maximize else -1.0

@@ -27,7 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.errors import Check, InputError, check_eps, eps_checks, range_checks
+from jaxrobust.errors import (
+    Check,
+    InputError,
+    check_eps,
+    check_number,
+    check_threat,
+    eps_checks,
+    range_checks,
+)
 
 Array = jax.Array
 
@@ -235,8 +243,7 @@ def l1(eps: Any, *, lo: float = 0.0, hi: float = 1.0, sparsity: float = 0.99) ->
     signs them and scales to unit ℓ1 norm (the sparse steepest ascent of SLIDE/APGD-ℓ1).
     """
     _validate(eps, lo, hi)
-    if not 0.0 <= sparsity < 1.0:
-        raise InputError(f"l1 sparsity must be in [0, 1), got {sparsity}")
+    check_number(sparsity, "l1 sparsity", 0.0, 1.0, hi_open=True)
 
     def project(delta, x):
         e = _per_example(eps, x)
@@ -319,8 +326,12 @@ def masked(threat: ThreatModel, mask: Any) -> ThreatModel:
     `mask` broadcasts against x: (H, W, 1), (H, W, C) or per example (B, H, W, C), with
     values in {0, 1}. The norm budget of `threat` applies to the masked perturbation.
     """
+    check_threat(threat)
     if threat.name == "spatial":
         raise InputError("masked() applies to pixel threat models, not spatial")
+    dtype = getattr(mask, "dtype", None)
+    if dtype is None or not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+        raise InputError(f"mask must be a numeric array broadcasting against x, got {mask!r:.80}")
 
     def project(delta, x):
         return threat.project(delta * mask, x) * mask
@@ -440,6 +451,6 @@ THREATS: dict[str, Callable[..., ThreatModel]] = {
 
 def get_threat(name: str, eps: Any, *, lo: float = 0.0, hi: float = 1.0) -> ThreatModel:
     """Build a norm-ball threat model by name ("linf", "l2", "l1")."""
-    if name not in THREATS:
+    if not isinstance(name, str) or name not in THREATS:
         raise InputError(f"unknown threat model {name!r}; known: {sorted(THREATS)}")
     return THREATS[name](eps, lo=lo, hi=hi)

@@ -77,8 +77,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.attacks.pgd import classifier_objective, guard, label_input_checks
-from jaxrobust.errors import InputError, check_eps, is_concrete
+from jaxrobust.attacks.pgd import (
+    check_classifier_args,
+    classifier_objective,
+    clip_labels,
+    guard,
+    label_input_checks,
+)
+from jaxrobust.errors import (
+    InputError,
+    check_bool,
+    check_eps,
+    check_int,
+    check_number,
+    finite_checks,
+    is_concrete,
+    screen,
+)
 from jaxrobust.losses import Loss, cross_entropy, dlr, dlr_targeted
 from jaxrobust.optimize import Result, StepRule, merge_results, optimize
 from jaxrobust.threat import ThreatModel, l1
@@ -593,6 +608,30 @@ def _run(
     return best
 
 
+def _check_args(
+    steps: Any,
+    restarts: Any,
+    loss: Any,
+    random_start: Any,
+    momentum: Any,
+    rho: Any,
+    topk_fraction: Any,
+    use_largereps: Any,
+) -> None:
+    """The hyper-parameters of `apgd` / `apgd_targeted`, by type and range."""
+    check_int(steps, "steps", 0)
+    check_int(restarts, "restarts", 1)
+    if not (callable(loss) or isinstance(loss, str)):
+        raise InputError(f"loss must be 'ce', 'dlr' or a callable, got {loss!r}")
+    check_bool(random_start, "random_start")
+    if momentum is not None:
+        check_number(momentum, "momentum", 0.0, 1.0)
+    check_number(rho, "rho", 0.0, 1.0)
+    check_number(topk_fraction, "topk_fraction", 0.0, 1.0, lo_open=True)
+    if use_largereps is not None:
+        check_bool(use_largereps, "use_largereps")
+
+
 def apgd(
     logits_fn: LogitsFn,
     x: Array,
@@ -635,7 +674,10 @@ def apgd(
       and restarts, a misclassified one first (success[i] = misclassified), then the
       highest loss; value is the loss there.
     """
+    check_classifier_args(logits_fn, x, y, threat, key, who="APGD")
+    _check_args(steps, restarts, loss, random_start, momentum, rho, topk_fraction, use_largereps)
     checks = label_input_checks(logits_fn, x, y)
+    y = clip_labels(y, jax.eval_shape(logits_fn, x).shape[1])
     result = _run(
         classifier_objective(logits_fn, y, loss=_resolve_loss(loss)),
         x,
@@ -700,6 +742,9 @@ def apgd_targeted(
       success (misclassified, argmax != y, whichever class wins) dominates, then the
       higher targeted loss; value is the targeted loss for the chosen target.
     """
+    check_classifier_args(logits_fn, x, y, threat, key, who="APGD-T")
+    _check_args(steps, restarts, "ce", random_start, momentum, rho, topk_fraction, use_largereps)
+    check_int(n_target_classes, "n_target_classes", 1)
     checks = label_input_checks(logits_fn, x, y)
     if n_target_classes < 1:
         raise InputError(f"n_target_classes must be >= 1, got {n_target_classes}")
@@ -711,6 +756,9 @@ def apgd_targeted(
     num_classes = clean.shape[1]
     if num_classes < 2:
         raise InputError(f"APGD-T needs at least 2 classes, got {num_classes}")
+    # Eagerly, non-finite clean logits raise here: the engine runs inside a scan below.
+    checks += screen(finite_checks(clean))
+    y = clip_labels(y, num_classes)
     k = min(n_target_classes, num_classes - 1)
     others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, clean)
     targets = jax.lax.top_k(others, k)[1]  # (B, k), most likely wrong class first

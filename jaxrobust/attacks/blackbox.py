@@ -18,8 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs, guard
-from jaxrobust.errors import InputError
+from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs, check_classifier_args, guard
+from jaxrobust.errors import InputError, check_int, check_number
 from jaxrobust.losses import Loss, cross_entropy
 from jaxrobust.optimize import Result
 from jaxrobust.threat import ThreatModel, example_keys
@@ -125,13 +125,25 @@ def query_limited_attack(
     Returns:
       `BlackBoxResult`.
     """
-    checks = check_attack_inputs(x, y, threat, logits_fn=logits_fn)
+    check_classifier_args(logits_fn, x, y, threat, key, loss=loss, who="query-limited attacks")
     if threat.name not in ("linf", "l2"):
         raise InputError(f"query-limited attacks support linf and l2, got {threat.name!r}")
     if estimator not in ("nes", "bandits"):
         raise InputError(f"unknown estimator {estimator!r}; known: nes, bandits")
-    if not isinstance(max_queries, int) or max_queries <= 0:
+    if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries <= 0:
         raise InputError(f"max_queries must be a positive integer, got {max_queries!r}")
+    if step_size is not None:
+        check_number(step_size, "step_size", 0.0, lo_open=True)
+    check_int(nes_samples, "nes_samples", 2)
+    if nes_samples % 2:
+        raise InputError(f"NES needs an even number of samples >= 2, got {nes_samples}")
+    check_number(nes_sigma, "nes_sigma", 0.0, lo_open=True)
+    check_number(fd_eta, "fd_eta", 0.0, lo_open=True)
+    check_number(exploration, "exploration", 0.0, lo_open=True)
+    if online_lr is not None:
+        check_number(online_lr, "online_lr", 0.0, lo_open=True)
+    check_int(tile, "tile", 1)
+    checks = check_attack_inputs(x, y, threat, logits_fn=logits_fn)
     if estimator == "bandits" and x.ndim != 4:
         raise InputError(f"Bandits-TD needs images (B, H, W, C), got shape {x.shape}")
     linf = threat.name == "linf"

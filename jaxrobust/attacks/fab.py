@@ -33,11 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.attacks.pgd import check_attack_inputs, guard
+from jaxrobust.attacks.pgd import check_attack_inputs, check_classifier_args, guard
 from jaxrobust.errors import (
     InputError,
+    check_int,
     check_labels,
     check_logits,
+    check_number,
     finite_checks,
     is_concrete,
     label_checks,
@@ -322,6 +324,10 @@ def _check(threat: ThreatModel, x: Any, steps: int, restarts: int, **params: flo
         raise InputError(
             f"FAB supports the ℓ∞ and ℓ2 threat models ('linf', 'l2'), got {threat.name!r}"
         )
+    check_number(params["alpha_max"], "alpha_max", 0.0, 1.0)
+    check_number(params["eta"], "eta", 0.0, lo_open=True)
+    check_number(params["beta"], "beta", 0.0, 1.0, lo_open=True)
+    check_int(params["final_search"], "final_search", 0)
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps <= 0:
         raise InputError(f"FAB needs steps >= 1 (an int), got {steps!r}")
     if isinstance(restarts, bool) or not isinstance(restarts, int | np.integer) or restarts < 1:
@@ -415,8 +421,18 @@ def fab(
       the smallest adversarial perturbation found) (−inf if none, 0 if x is already
       misclassified); x_adv is that point if its norm is <= ε, else x.
     """
-    _check(threat, x, steps, restarts, alpha_max=alpha_max, eta=eta, beta=beta)
-    checks = check_attack_inputs(x, y, threat, target)
+    check_classifier_args(logits_fn, x, y, threat, key, who="FAB")
+    _check(
+        threat,
+        x,
+        steps,
+        restarts,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+        final_search=final_search,
+    )
+    checks = check_attack_inputs(x, y, threat, target, logits_fn=logits_fn)
     if final_search < 0:
         raise InputError(f"final_search must be >= 0, got {final_search}")
     logits0, xf, y, num_classes = _setup(logits_fn, x, y)
@@ -472,8 +488,19 @@ def fab_targeted(
     shapes), so the result is the minimum-norm point, not just the first within ε.
     Arguments and `Result` as in `fab`.
     """
-    _check(threat, x, steps, restarts, alpha_max=alpha_max, eta=eta, beta=beta)
-    checks = check_attack_inputs(x, y, threat)
+    check_classifier_args(logits_fn, x, y, threat, key, who="FAB-T")
+    _check(
+        threat,
+        x,
+        steps,
+        restarts,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+        final_search=final_search,
+    )
+    checks = check_attack_inputs(x, y, threat, logits_fn=logits_fn)
+    check_int(n_target_classes, "n_target_classes", 1)
     if isinstance(n_target_classes, bool) or n_target_classes < 1:
         raise InputError(f"n_target_classes must be >= 1, got {n_target_classes!r}")
     if final_search < 0:

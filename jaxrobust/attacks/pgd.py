@@ -8,13 +8,27 @@ modules. Inputs x (B, ...) lie in the threat model's box; labels y (B,) are inte
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrobust.errors import Check, InputError, check_batch, enforce, label_checks, screen
+from jaxrobust.errors import (
+    Check,
+    InputError,
+    JaxRobustError,
+    check_array,
+    check_batch,
+    check_callable,
+    check_int,
+    check_key,
+    check_threat,
+    enforce,
+    label_checks,
+    screen,
+)
 from jaxrobust.losses import Loss, cross_entropy
 from jaxrobust.optimize import Result, StepSize, invalidate, optimize
 from jaxrobust.threat import ThreatModel, input_checks
@@ -51,6 +65,31 @@ def classifier_objective(
     return objective
 
 
+_NO_KEY = object()
+
+
+def check_classifier_args(
+    logits_fn: Any,
+    x: Any,
+    y: Any,
+    threat: Any,
+    key: Any = _NO_KEY,
+    *,
+    loss: Any = _NO_KEY,
+    names: tuple[str, ...] | None = None,
+    who: str = "this attack",
+) -> None:
+    """The arguments every classifier attack shares, by type (static; raises now)."""
+    check_callable(logits_fn, "logits_fn")
+    check_array(x)
+    check_array(y, "y")
+    if key is not _NO_KEY:
+        check_key(key)
+    check_threat(threat, names, who)
+    if loss is not _NO_KEY:
+        check_callable(loss, "loss")
+
+
 def label_input_checks(
     logits_fn: LogitsFn, x: Array, y: Array, target: Array | None = None
 ) -> list[Check]:
@@ -60,10 +99,19 @@ def label_input_checks(
     trace, no computation)."""
     check_batch(x, y)
     if target is not None:
+        check_array(target, "target")
         check_batch(x, target, name_y="target")
     if np.shape(x)[0] == 0:
         raise InputError(f"x is an empty batch (shape {np.shape(x)}): nothing to attack")
-    logits = jax.eval_shape(logits_fn, x)
+    try:
+        logits = jax.eval_shape(logits_fn, x)
+    except JaxRobustError:
+        raise
+    except Exception as e:  # the model's own error, e.g. x of a shape it does not take
+        raise InputError(
+            f"the model failed on x of shape {np.shape(x)} and dtype {np.result_type(x)}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     shape = getattr(logits, "shape", None)
     if shape is None or len(shape) != 2 or shape[0] != np.shape(x)[0]:
         raise InputError(
@@ -74,6 +122,14 @@ def label_input_checks(
     if target is not None:
         checks += label_checks(target, shape[1], name="target")
     return checks
+
+
+def clip_labels(y: Array, num_classes: int) -> Array:
+    """Labels clipped into [0, C) for the objective of an attack whose label check is
+    fused at its end (`guard`): a label >= C would make the loss NaN, and an engine run
+    inside the attack would report that as non-finite logits before the label check names
+    the real problem. The check still fails and poisons the result."""
+    return jnp.clip(jnp.asarray(y), 0, num_classes - 1)
 
 
 def check_attack_inputs(
@@ -161,6 +217,8 @@ def pgd(
       `Result(x_adv, delta, value, success)`; success[i] means example i is misclassified
       (or, targeted, classified as target[i]).
     """
+    check_classifier_args(logits_fn, x, y, threat, key, loss=loss, who="pgd")
+    check_int(steps, "steps", 0)
     checks = label_input_checks(logits_fn, x, y, target)
     if step_size is None and optimizer is None:
         step_size = default_step_size(threat, steps)
@@ -197,6 +255,9 @@ def fgsm(
     With a key it starts from a uniform random point in the ball and steps 1.25·ε, the
     FGSM-RS adversary of fast adversarial training (Wong, Rice & Kolter 2020).
     """
+    check_classifier_args(logits_fn, x, y, threat, loss=loss, who="fgsm")
+    if key is not None:
+        check_key(key)
     checks = label_input_checks(logits_fn, x, y, target)
     random_start = key is not None
     if step_size is None:
