@@ -7,24 +7,21 @@ labels outside [0, C), ε < 0 / NaN / inf, empty batches.
 - Static properties (shapes, dtypes, empty batches, Python hyper-parameters) and every
   check on concrete (eager) values raise a `JaxRobustError` subclass at once.
 - Checks on traced values (inside a user's `jax.jit`, `vmap`, `grad`, `scan`) are fused
-  into one boolean per attack call. When it is true, a host callback
-  (`jax.debug.callback` under `lax.cond`, so nothing runs on the host while inputs are
-  valid) raises the `InputError`: the call fails with a `jax.errors.JaxRuntimeError`
-  whose message ends with `InputError: <what is wrong>`
-  (`named_error(exc)` recovers the `InputError`). This composes with jit, vmap, grad,
-  scan and sharded inputs (measured on jax 0.10.2; `checkify` would need every caller to
-  wrap their function, and `io_callback` / `pure_callback` refuse vmap-of-cond and JVP).
-- The same boolean also poisons the outputs: x_adv, delta and value become NaN and every
-  success flag True, so even where a callback cannot raise (a backend without host
-  callbacks) a bad input yields no robust-accuracy claim: the
-  attack reports every example as broken, with NaN adversarial inputs.
-- Cost: the flag is a few reductions over x, y and the (B,) objective values, and one
-  `lax.cond` per call (PGD throughput within the issue's 2% budget, measured in the
-  report of issue 11). But JAX does not write programs that hold host callbacks to its
-  persistent compilation cache. Host code that compiles its own programs around attacks
-  and checks their outputs itself (an evaluation cascade, a training loop) traces them
-  inside `poison_only()`: no callback, so the programs stay cacheable, and a poisoned
-  result (`is_poisoned`) is its signal to raise.
+  into one boolean per attack call. When it is true, a host callback (`jax.debug.callback`
+  under `lax.cond`: nothing runs on the host while the inputs are valid) raises the
+  `InputError`; the call fails with a `jax.errors.JaxRuntimeError` whose message ends with
+  `InputError: <what is wrong>` (`named_error(exc)` recovers it). Measured on jax 0.10.2,
+  this composes with jit, vmap, grad, scan and sharded inputs; `checkify` would need every
+  caller to wrap their function, and `io_callback` / `pure_callback` refuse vmap-of-cond
+  and JVP.
+- The same boolean poisons the outputs: x_adv, delta and value become NaN and every
+  success flag True, so even where a callback cannot raise, a bad input yields no
+  robust-accuracy claim (every example counts as broken, with a NaN adversarial input).
+- Cost: a few reductions over x, y and the (B,) objective values, and one `lax.cond` per
+  call. But JAX does not write programs that hold host callbacks to its persistent
+  compilation cache: host code that compiles its own programs around attacks and checks
+  their outputs itself (an evaluation cascade, a training loop) can trace them inside
+  `poison_only()` (no callback, cacheable programs) and raise on `is_poisoned` results.
 """
 
 from __future__ import annotations
@@ -73,6 +70,8 @@ def check_eps(
     zero (when not `allow_zero`). A radius of inf is no ball: `unconstrained()` is that."""
     if not is_concrete(eps):
         return
+    if isinstance(eps, str | bytes) or eps is None:
+        raise InputError(f"{name} must be a number or an array of numbers, got {eps!r}")
     try:
         arr = np.asarray(eps, dtype=np.float64)
     except (TypeError, ValueError):

@@ -22,6 +22,7 @@ import optax
 from jaxrobust.errors import (
     Check,
     InputError,
+    JaxRobustError,
     check_array,
     check_bool,
     check_callable,
@@ -188,6 +189,21 @@ def _split_objective(objective: Objective, has_aux: bool, batch: int):
     return fn
 
 
+def _check_traces(trace: Callable[[], Any], x: Array) -> None:
+    """Trace the objective once on the input's shape (`jax.eval_shape`: no computation), so
+    that an objective or model that cannot take x fails with an error naming the shapes."""
+    try:
+        jax.eval_shape(trace)
+    except JaxRobustError:
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(
+            f"the objective (or the model in it) failed on x of shape {tuple(x.shape)} and "
+            f"dtype {x.dtype}: {type(e).__name__}: {first}"
+        ) from e
+
+
 def _step_size_checks(step_size: StepSize | None) -> list[Check]:
     """A step size (a number or a per-example array; schedules are the caller's) must be
     finite and >= 0: the direction is `maximize`'s."""
@@ -304,6 +320,7 @@ def optimize(
     batch = x.shape[0]
     sign = 1.0 if maximize else -1.0
     split = _split_objective(objective, has_aux, batch)
+    _check_traces(lambda: split(threat.apply(x, threat.zeros(x))), x)
     unroll = loop_plan(steps, restarts, unroll, cheap_step=cheap_step)
 
     def signed_total(delta):
@@ -384,6 +401,7 @@ def best_of(
     batch = x.shape[0]
     sign = 1.0 if maximize else -1.0
     split = _split_objective(objective, has_aux, batch)
+    _check_traces(lambda: split(x), x)
     first = candidates(jnp.asarray(0))
     best0 = _empty_best(first, batch, x.dtype)
 

@@ -118,7 +118,7 @@ def _validate(eps: Any, lo: float, hi: float) -> None:
     check_eps(eps)
     for name, v in (("lo", lo), ("hi", hi)):
         try:
-            finite = np.ndim(v) == 0 and math.isfinite(float(v))
+            finite = not isinstance(v, str | bytes) and np.ndim(v) == 0 and math.isfinite(float(v))
         except (TypeError, ValueError):
             finite = False
         if not finite:

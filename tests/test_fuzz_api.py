@@ -303,7 +303,7 @@ ATTACKS = {
         {"threat": SPATIAL, "angles": 2, "translations": 1},
         {
             **{k: v for k, v in COMMON.items() if k != "key"},
-            "threat": bad_threat("linf", "l2"),
+            "threat": bad_threat("linf", "l2").filter(lambda v: v is not None),
             "angles": bad_int(1),
             "translations": bad_int(1),
             "loss": bad_callable,
@@ -312,7 +312,12 @@ ATTACKS = {
     "worst_of_k": (
         jr.worst_of_k,
         {"threat": SPATIAL, "k": 2},
-        {**COMMON, "threat": bad_threat("linf"), "k": bad_int(1), "loss": bad_callable},
+        {
+            **COMMON,
+            "threat": bad_threat("linf").filter(lambda v: v is not None),
+            "k": bad_int(1),
+            "loss": bad_callable,
+        },
     ),
 }
 
@@ -460,7 +465,7 @@ def bad_traced_values(draw):
             st.one_of(st.integers(C, 2**31 - 1), st.integers(-(2**31), -1))
         )
     if "eps" in bad:
-        eps = np.float32(draw(st.one_of(nonfinite, st.floats(-1e30, -1e-6, width=32))))
+        eps = np.float32(draw(st.one_of(nonfinite, st.floats(-1e30, -1e-6))))
     if "scale" in bad:
         scale = np.float32(draw(nonfinite))
     return x, y, eps, scale
