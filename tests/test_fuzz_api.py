@@ -99,10 +99,15 @@ def bad_number(lo, hi, *, lo_open=False, hi_open=False, allow_none=False):
     return out if allow_none else st.one_of(out, st.none())
 
 
+def unknown_name(*known):
+    """Any text but the valid names (and junk)."""
+    return st.one_of(st.text(max_size=6).filter(lambda v: v not in known), junk)
+
+
 bad_bool = st.one_of(st.integers(), st.floats(), st.text(max_size=2), st.none())
 bad_callable = st.one_of(st.none(), st.integers(), st.text(max_size=2), st.floats())
 bad_eps = st.one_of(
-    st.floats(max_value=0.0, exclude_max=True),
+    st.floats(max_value=0.0, exclude_max=True).filter(lambda v: v < 0),  # not -0.0
     nonfinite,
     junk,
     st.just(np.array([0.1, -0.1, 0.2, 0.1])),
@@ -218,7 +223,7 @@ ATTACKS = {
             "threat": bad_threat(),
             "steps": bad_int(0),
             "restarts": bad_int(1),
-            "loss": st.one_of(st.text(max_size=3), st.integers(), st.none()),
+            "loss": st.one_of(unknown_name("ce", "dlr"), st.integers(), st.none()),
             "random_start": bad_bool,
             "momentum": bad_number(0, 1, allow_none=True),
             "rho": bad_number(0, 1),
@@ -274,7 +279,7 @@ ATTACKS = {
             "threat": bad_threat("l1", "spatial"),
             "queries": bad_int(1),
             "p_init": bad_number(0, 1, lo_open=True),
-            "loss": st.one_of(st.text(max_size=3), st.integers(), st.none()),
+            "loss": st.one_of(unknown_name("ce", "dlr", "margin"), st.integers(), st.none()),
             "restarts": bad_int(1),
             "target": bad_target,
             "schedule_queries": st.one_of(st.integers(max_value=0), st.floats(), junk.filter(bool)),
@@ -286,7 +291,7 @@ ATTACKS = {
         {
             **COMMON,
             "threat": bad_threat("l1", "spatial"),
-            "estimator": st.one_of(st.text(max_size=4), st.none(), st.integers()),
+            "estimator": st.one_of(unknown_name("nes", "bandits"), st.none(), st.integers()),
             "max_queries": bad_int(1),
             "step_size": bad_number(0, math.inf, lo_open=True, allow_none=True),
             "loss": bad_callable,
@@ -402,8 +407,8 @@ THREATS = {
             "max_dy": bad_eps.filter(lambda v: v is not None),
         },
     ),
-    "unconstrained": (jr.unconstrained, {"step_norm": st.one_of(st.text(max_size=5), junk)}),
-    "get_threat": (jr.get_threat, {"name": st.one_of(st.text(max_size=5), junk)}),
+    "unconstrained": (jr.unconstrained, {"step_norm": unknown_name("linf", "l2")}),
+    "get_threat": (jr.get_threat, {"name": unknown_name("linf", "l2", "l1")}),
     "masked": (jr.masked, {"threat": bad_threat("spatial"), "mask": junk}),
 }
 VALID_THREAT_ARGS = {
