@@ -98,7 +98,7 @@ class _Best(NamedTuple):
     score: Array  # value with the sign that makes larger better
     value: Array
     success: Array
-    nan: Array  # (B,) bool: the objective was NaN at some iterate
+    nan: Array  # (B,) bool: the objective was NaN or inf at some iterate
 
 
 def _broadcast(v: Array, like: Array) -> Array:
@@ -119,7 +119,7 @@ def _merge(
         score=jnp.where(take, score, best.score),
         value=jnp.where(take, value, best.value),
         success=jnp.where(take, success, best.success),
-        nan=best.nan | jnp.isnan(value) | nan,
+        nan=best.nan | ~jnp.isfinite(value) | nan,
     )
 
 
@@ -140,9 +140,9 @@ def invalidate(result: Result, bad: Array | None) -> Result:
 def _nan_check(nan: Array) -> Check:
     return Check(
         jnp.any(nan) if isinstance(nan, jax.core.Tracer) else bool(jnp.any(nan)),
-        "the attack objective is NaN for {} of {} examples: the model returned non-finite "
-        "logits (NaN or inf) at some iterate, or the objective is undefined there; check "
-        "its weights and inputs",
+        "the attack objective is NaN or inf for {} of {} examples: the model returned "
+        "non-finite logits (NaN or inf) at some iterate, or the objective is undefined "
+        "there; check its weights and inputs",
         (jnp.sum(nan), nan.shape[0]),
     )
 

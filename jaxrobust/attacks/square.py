@@ -35,7 +35,7 @@ from jaxrobust.attacks.pgd import (
     classifier_objective,
     guard,
 )
-from jaxrobust.errors import InputError, check_number, is_concrete
+from jaxrobust.errors import InputError, check_number, finite_checks, is_concrete, screen
 from jaxrobust.losses import Loss, get_loss
 from jaxrobust.optimize import Result
 from jaxrobust.threat import ThreatModel, example_keys
@@ -319,6 +319,8 @@ def square(
         raise InputError(f"loss must be a loss name or a callable, got {loss!r}")
     _check(x, threat, queries, p_init, restarts)
     checks = check_attack_inputs(x, y, threat, target, logits_fn=logits_fn)
+    # Infinite logits can give a finite-looking margin of inf: check the clean ones.
+    checks += screen(finite_checks(jax.lax.stop_gradient(logits_fn(jnp.asarray(x)))))
     if schedule_queries is None:
         if not is_concrete(queries):
             raise InputError("a traced `queries` needs a static `schedule_queries`")
