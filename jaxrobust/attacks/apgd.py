@@ -78,6 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrobust.attacks.pgd import (
+    check_attack_inputs,
     check_classifier_args,
     classifier_objective,
     clip_labels,
@@ -745,7 +746,8 @@ def apgd_targeted(
     check_classifier_args(logits_fn, x, y, threat, key, who="APGD-T")
     _check_args(steps, restarts, "ce", random_start, momentum, rho, topk_fraction, use_largereps)
     check_int(n_target_classes, "n_target_classes", 1)
-    checks = label_input_checks(logits_fn, x, y)
+    # x and ε too (not only labels): the clean logits below are checked before the engine.
+    checks = check_attack_inputs(x, y, threat, logits_fn=logits_fn)
     if n_target_classes < 1:
         raise InputError(f"n_target_classes must be >= 1, got {n_target_classes}")
     _check_topk_fraction(topk_fraction)
