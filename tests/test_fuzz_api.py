@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import jaxrobust as jr
 from jaxrobust.errors import JaxRobustError, named_error
 
-EXAMPLES = int(os.environ.get("JAXROBUST_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("JAXROBUST_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
