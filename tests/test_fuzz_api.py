@@ -101,7 +101,8 @@ def bad_number(lo, hi, *, lo_open=False, hi_open=False, allow_none=False):
 
 def unknown_name(*known):
     """Any text but the valid names (and junk)."""
-    return st.one_of(st.text(max_size=6).filter(lambda v: v not in known), junk)
+    other = st.one_of(st.none(), st.integers(), st.just([1, "a"]), st.just(object()))
+    return st.one_of(st.text(max_size=6).filter(lambda v: v not in known), other)
 
 
 bad_bool = st.one_of(st.integers(), st.floats(), st.text(max_size=2), st.none())
