@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxrobust.errors import (
@@ -199,6 +200,10 @@ def _check_traces(trace: Callable[[], Any], x: Array) -> None:
         ) from e
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
 def _step_size_checks(step_size: StepSize | None) -> list[Check]:
     """A step size (a number or a per-example array; schedules are the caller's) must be
     finite and >= 0: the direction is `maximize`'s."""
@@ -292,8 +297,8 @@ def optimize(
     check_array(x)
     check_key(key)
     check_threat(threat)
-    check_int(steps, "steps", 0)
-    check_int(restarts, "restarts", 1)
+    if not all(_is_int(v) for v in (steps, restarts)):
+        raise InputError(f"need steps >= 0 and restarts >= 1 (integers), got {steps=}, {restarts=}")
     for name, flag in (("random_start", random_start), ("keep_best", keep_best)):
         check_bool(flag, name)
     check_bool(maximize, "maximize")
