@@ -25,8 +25,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxrobust.errors import InputError, check_eps
+from jaxrobust.errors import (
+    Check,
+    InputError,
+    check_eps,
+    check_number,
+    check_threat,
+    eps_checks,
+    range_checks,
+)
 
 Array = jax.Array
 
@@ -107,6 +116,13 @@ def _bisect(fn: Callable[[Array], Array], lo: Array, hi: Array, iters: int = 40)
 
 def _validate(eps: Any, lo: float, hi: float) -> None:
     check_eps(eps)
+    for name, v in (("lo", lo), ("hi", hi)):
+        try:
+            finite = not isinstance(v, str | bytes) and np.ndim(v) == 0 and math.isfinite(float(v))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise InputError(f"the input box bound {name} must be a finite number, got {v!r}")
     if not lo < hi:
         raise InputError(f"the input box needs lo < hi, got lo={lo}, hi={hi}")
 
@@ -227,8 +243,7 @@ def l1(eps: Any, *, lo: float = 0.0, hi: float = 1.0, sparsity: float = 0.99) ->
     signs them and scales to unit ℓ1 norm (the sparse steepest ascent of SLIDE/APGD-ℓ1).
     """
     _validate(eps, lo, hi)
-    if not 0.0 <= sparsity < 1.0:
-        raise InputError(f"l1 sparsity must be in [0, 1), got {sparsity}")
+    check_number(sparsity, "l1 sparsity", 0.0, 1.0, hi_open=True)
 
     def project(delta, x):
         e = _per_example(eps, x)
@@ -311,8 +326,12 @@ def masked(threat: ThreatModel, mask: Any) -> ThreatModel:
     `mask` broadcasts against x: (H, W, 1), (H, W, C) or per example (B, H, W, C), with
     values in {0, 1}. The norm budget of `threat` applies to the masked perturbation.
     """
+    check_threat(threat)
     if threat.name == "spatial":
         raise InputError("masked() applies to pixel threat models, not spatial")
+    dtype = getattr(mask, "dtype", None)
+    if dtype is None or not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+        raise InputError(f"mask must be a numeric array broadcasting against x, got {mask!r:.80}")
 
     def project(delta, x):
         return threat.project(delta * mask, x) * mask
@@ -403,6 +422,26 @@ def spatial(
     )
 
 
+def input_checks(threat: ThreatModel, x: Any, name: str = "x") -> list[Check]:
+    """What every attack and the engine check before they run: a non-empty batch (static,
+    raises), x finite and inside `threat.box`, ε finite and >= 0. Concrete values raise
+    `InputError` now; traced ones come back as `Check`s for `errors.enforce`."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) < 1:
+        raise InputError(f"{name} must be an array with a leading batch axis, got {x!r:.80}")
+    if shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {tuple(shape)}): nothing to attack")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise InputError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+    checks = range_checks(x, *threat.box, name=name)
+    if threat.eps is not None and not threat.name.endswith("unconstrained"):
+        names = ("max_angle", "max_dx", "max_dy") if threat.name == "spatial" else None
+        leaves = threat.eps if names else (threat.eps,)
+        for i, e in enumerate(leaves):
+            checks += eps_checks(e, names[i] if names else "eps")
+    return checks
+
+
 THREATS: dict[str, Callable[..., ThreatModel]] = {
     "linf": linf,
     "l2": l2,
@@ -412,6 +451,6 @@ THREATS: dict[str, Callable[..., ThreatModel]] = {
 
 def get_threat(name: str, eps: Any, *, lo: float = 0.0, hi: float = 1.0) -> ThreatModel:
     """Build a norm-ball threat model by name ("linf", "l2", "l1")."""
-    if name not in THREATS:
+    if not isinstance(name, str) or name not in THREATS:
         raise InputError(f"unknown threat model {name!r}; known: {sorted(THREATS)}")
     return THREATS[name](eps, lo=lo, hi=hi)

@@ -83,8 +83,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.attacks.pgd import check_attack_inputs, check_result, classifier_objective
-from jaxrobust.errors import InputError, check_eps, is_concrete
+from jaxrobust.attacks.pgd import (
+    check_attack_inputs,
+    check_classifier_args,
+    classifier_objective,
+    clip_labels,
+    guard,
+    label_input_checks,
+)
+from jaxrobust.errors import (
+    InputError,
+    check_bool,
+    check_eps,
+    check_int,
+    check_number,
+    finite_checks,
+    is_concrete,
+    screen,
+)
 from jaxrobust.losses import Loss, dlr, dlr_targeted
 from jaxrobust.optimize import Result, StepRule, merge_results, optimize
 from jaxrobust.threat import ThreatModel, example_keys, l1
@@ -641,6 +657,30 @@ def _run(
     return best
 
 
+def _check_args(
+    steps: Any,
+    restarts: Any,
+    loss: Any,
+    random_start: Any,
+    momentum: Any,
+    rho: Any,
+    topk_fraction: Any,
+    use_largereps: Any,
+) -> None:
+    """The hyper-parameters of `apgd` / `apgd_targeted`, by type and range."""
+    check_int(steps, "steps", 0)
+    check_int(restarts, "restarts", 1)
+    if not (callable(loss) or isinstance(loss, str)):
+        raise InputError(f"loss must be 'ce', 'dlr' or a callable, got {loss!r}")
+    check_bool(random_start, "random_start")
+    if momentum is not None:
+        check_number(momentum, "momentum", 0.0, 1.0)
+    check_number(rho, "rho", 0.0, 1.0)
+    check_number(topk_fraction, "topk_fraction", 0.0, 1.0, lo_open=True)
+    if use_largereps is not None:
+        check_bool(use_largereps, "use_largereps")
+
+
 def apgd(
     logits_fn: LogitsFn,
     x: Array,
@@ -683,7 +723,10 @@ def apgd(
       and restarts, a misclassified one first (success[i] = misclassified), then the
       highest loss; value is the loss there.
     """
-    check_attack_inputs(x, y, threat)
+    check_classifier_args(logits_fn, x, y, threat, key, who="APGD")
+    _check_args(steps, restarts, loss, random_start, momentum, rho, topk_fraction, use_largereps)
+    checks = label_input_checks(logits_fn, x, y)
+    y = clip_labels(y, jax.eval_shape(logits_fn, x).shape[1])
     result = _run(
         classifier_objective(logits_fn, y, loss=_resolve_loss(loss)),
         x,
@@ -697,7 +740,7 @@ def apgd(
         topk_fraction=topk_fraction,
         use_largereps=use_largereps,
     )
-    return check_result(result)
+    return guard(result, checks)
 
 
 def targeted_margin(logits: Array, y: Array, target: Array) -> Array:
@@ -748,7 +791,11 @@ def apgd_targeted(
       success (misclassified, argmax != y, whichever class wins) dominates, then the
       higher targeted loss; value is the targeted loss for the chosen target.
     """
-    check_attack_inputs(x, y, threat)
+    check_classifier_args(logits_fn, x, y, threat, key, who="APGD-T")
+    _check_args(steps, restarts, "ce", random_start, momentum, rho, topk_fraction, use_largereps)
+    check_int(n_target_classes, "n_target_classes", 1)
+    # x and ε too (not only labels): the clean logits below are checked before the engine.
+    checks = check_attack_inputs(x, y, threat, logits_fn=logits_fn)
     if n_target_classes < 1:
         raise InputError(f"n_target_classes must be >= 1, got {n_target_classes}")
     _check_topk_fraction(topk_fraction)
@@ -759,6 +806,9 @@ def apgd_targeted(
     num_classes = clean.shape[1]
     if num_classes < 2:
         raise InputError(f"APGD-T needs at least 2 classes, got {num_classes}")
+    # Eagerly, non-finite clean logits raise here: the engine runs inside a scan below.
+    checks += screen(finite_checks(clean))
+    y = clip_labels(y, num_classes)
     k = min(n_target_classes, num_classes - 1)
     others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, clean)
     targets = jax.lax.top_k(others, k)[1]  # (B, k), most likely wrong class first
@@ -801,4 +851,4 @@ def apgd_targeted(
         success=jnp.zeros((batch,), bool),
     )
     best, _ = jax.lax.scan(body, empty, (jnp.arange(k), targets.T))
-    return check_result(best)
+    return guard(best, checks)

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs
-from jaxrobust.errors import InputError
+from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs, check_classifier_args, guard
+from jaxrobust.errors import InputError, check_int, check_number
 from jaxrobust.losses import Loss, cross_entropy
 from jaxrobust.optimize import Result
 from jaxrobust.threat import ThreatModel, example_keys
@@ -125,13 +125,25 @@ def query_limited_attack(
     Returns:
       `BlackBoxResult`.
     """
-    check_attack_inputs(x, y, threat)
+    check_classifier_args(logits_fn, x, y, threat, key, loss=loss, who="query-limited attacks")
     if threat.name not in ("linf", "l2"):
         raise InputError(f"query-limited attacks support linf and l2, got {threat.name!r}")
     if estimator not in ("nes", "bandits"):
         raise InputError(f"unknown estimator {estimator!r}; known: nes, bandits")
-    if not isinstance(max_queries, int) or max_queries <= 0:
+    if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries <= 0:
         raise InputError(f"max_queries must be a positive integer, got {max_queries!r}")
+    if step_size is not None:
+        check_number(step_size, "step_size", 0.0, lo_open=True)
+    check_int(nes_samples, "nes_samples", 2)
+    if nes_samples % 2:
+        raise InputError(f"NES needs an even number of samples >= 2, got {nes_samples}")
+    check_number(nes_sigma, "nes_sigma", 0.0, lo_open=True)
+    check_number(fd_eta, "fd_eta", 0.0, lo_open=True)
+    check_number(exploration, "exploration", 0.0, lo_open=True)
+    if online_lr is not None:
+        check_number(online_lr, "online_lr", 0.0, lo_open=True)
+    check_int(tile, "tile", 1)
+    checks = check_attack_inputs(x, y, threat, logits_fn=logits_fn)
     if estimator == "bandits" and x.ndim != 4:
         raise InputError(f"Bandits-TD needs images (B, H, W, C), got shape {x.shape}")
     linf = threat.name == "linf"
@@ -197,8 +209,15 @@ def query_limited_attack(
     (delta, _, alive, queries), _ = jax.lax.scan(step, init, jnp.arange(iters))
     x_adv = x + delta
     success = alive0 & ~alive
-    result = Result(x_adv, delta, loss_fn(x_adv), ~correct(x_adv))
+    # Non-finite logits make the loss NaN: `guard` names that (and bad inputs) and
+    # poisons the result, and with it the summaries.
+    logits = logits_fn(x_adv)
+    finite = jnp.all(jnp.isfinite(logits), axis=-1) & jnp.all(jnp.isfinite(logits_fn(x)), -1)
+    value = jnp.where(finite, loss(logits, y), jnp.nan)
+    result = guard(Result(x_adv, delta, value, jnp.argmax(logits, -1) != y), checks)
+    invalid = jnp.any(jnp.isnan(result.value))
     n_success = jnp.sum(success)
     mean_queries = jnp.where(n_success > 0, jnp.sum(queries * success) / n_success, jnp.nan)
     failure = jnp.sum(alive0 & alive) / jnp.maximum(jnp.sum(alive0), 1)
+    failure = jnp.where(invalid, jnp.nan, failure)
     return BlackBoxResult(result, queries, mean_queries, failure)

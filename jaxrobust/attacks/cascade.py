@@ -441,6 +441,13 @@ class Cascade:
             xa, broke = program(*args)
             xa, broke = np.asarray(xa)[:count], np.array(broke)[:count]
             ids = idx[:count]
+            poisoned = np.isnan(xa.reshape(count, -1)).all(axis=1)
+            if poisoned.any():  # a traced check failed inside the attack (jaxrobust.errors)
+                raise InputError(
+                    f"{name} at eps={e:g}: the attack's checks failed on {int(poisoned.sum())} "
+                    "example(s) (non-finite logits from the model, or inputs outside the "
+                    "threat model's range); no robust accuracy can be reported"
+                )
             ok = valid(xa, x[ids], self.threat, e, self.lo, self.hi)
             self.invalid += int((~ok).sum())
             yield ids, xa, broke & ok

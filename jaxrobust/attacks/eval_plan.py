@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxrobust.errors import InputError
+from jaxrobust.errors import InputError, without_callbacks
 from jaxrobust.parallel import data_mesh, replicate, shard_global_batch
 
 Array = jax.Array
@@ -179,7 +179,9 @@ def compiled_program(key: tuple, build: Callable[[], Callable], jit_kwargs: dict
         _PROGRAMS.move_to_end(full_key)
         return hit, 0.0
     t0 = time.perf_counter()
-    program = jax.jit(build(), **jit_kwargs).lower(*args).compile()
+    # Traced without host callbacks (persistent-cache friendly): the cascade tests the
+    # results for poisoning instead (see jaxrobust.errors).
+    program = jax.jit(without_callbacks(build()), **jit_kwargs).lower(*args).compile()
     _PROGRAMS[full_key] = program
     while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
         _PROGRAMS.popitem(last=False)

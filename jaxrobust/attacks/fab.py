@@ -33,8 +33,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.attacks.pgd import check_attack_inputs, check_result
-from jaxrobust.errors import InputError, check_labels, check_logits, is_concrete
+from jaxrobust.attacks.pgd import check_attack_inputs, check_classifier_args, guard
+from jaxrobust.errors import (
+    InputError,
+    check_int,
+    check_labels,
+    check_logits,
+    check_number,
+    finite_checks,
+    is_concrete,
+    label_checks,
+    screen,
+)
 from jaxrobust.optimize import Result
 from jaxrobust.threat import ThreatModel, example_keys
 
@@ -314,6 +324,10 @@ def _check(threat: ThreatModel, x: Any, steps: int, restarts: int, **params: flo
         raise InputError(
             f"FAB supports the ℓ∞ and ℓ2 threat models ('linf', 'l2'), got {threat.name!r}"
         )
+    check_number(params["alpha_max"], "alpha_max", 0.0, 1.0)
+    check_number(params["eta"], "eta", 0.0, lo_open=True)
+    check_number(params["beta"], "beta", 0.0, 1.0, lo_open=True)
+    check_int(params["final_search"], "final_search", 0)
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps <= 0:
         raise InputError(f"FAB needs steps >= 1 (an int), got {steps!r}")
     if isinstance(restarts, bool) or not isinstance(restarts, int | np.integer) or restarts < 1:
@@ -353,10 +367,10 @@ def _result(
     within = best_norm <= eps
     x_adv = jnp.where(within[:, None], best, x.reshape(x.shape[0], -1)).reshape(x.shape)
     success = within & (jnp.argmax(logits_fn(x_adv), axis=1) != y)
-    # NaN where the clean logits are not finite, so `check_result` names the problem.
+    # NaN where the clean logits are not finite, so `guard` names the problem.
     finite = jnp.all(jnp.isfinite(logits0), axis=1)
     value = jnp.where(finite, -best_norm, jnp.nan)
-    return check_result(Result(x_adv, x_adv - x, value, success))
+    return Result(x_adv, x_adv - x, value, success)
 
 
 def _initial_best(xf: Array, logits0: Array, y: Array) -> tuple[Array, Array]:
@@ -407,14 +421,26 @@ def fab(
       the smallest adversarial perturbation found) (−inf if none, 0 if x is already
       misclassified); x_adv is that point if its norm is <= ε, else x.
     """
-    _check(threat, x, steps, restarts, alpha_max=alpha_max, eta=eta, beta=beta)
-    check_attack_inputs(x, y, threat, target)
+    check_classifier_args(logits_fn, x, y, threat, key, who="FAB")
+    _check(
+        threat,
+        x,
+        steps,
+        restarts,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+        final_search=final_search,
+    )
+    checks = check_attack_inputs(x, y, threat, target, logits_fn=logits_fn)
     if final_search < 0:
         raise InputError(f"final_search must be >= 0, got {final_search}")
     logits0, xf, y, num_classes = _setup(logits_fn, x, y)
+    checks += _model_checks(logits0, y, num_classes)
     if target is not None:
         target = jnp.asarray(target)
         check_labels(target, num_classes, name="target")
+        checks += screen(label_checks(target, num_classes, name="target"))
         if is_concrete(target) and is_concrete(y) and np.any(np.asarray(target) == np.asarray(y)):
             raise InputError("target must differ from y for every example")
     lo, hi = threat.box
@@ -429,7 +455,13 @@ def fab(
         best, best_norm = _final_search(
             logits_fn, xf, x.shape, y, best, best_norm, final_search, threat.name, lo, hi
         )
-    return _result(logits_fn, x, y, logits0, best, best_norm, eps)
+    return guard(_result(logits_fn, x, y, logits0, best, best_norm, eps), checks)
+
+
+def _model_checks(logits0: Array, y: Array, num_classes: int) -> list:
+    """Labels in [0, C) and finite clean logits: traced checks (concrete ones raised in
+    `_setup`)."""
+    return screen([*label_checks(y, num_classes), *finite_checks(logits0)])
 
 
 def fab_targeted(
@@ -456,13 +488,25 @@ def fab_targeted(
     shapes), so the result is the minimum-norm point, not just the first within ε.
     Arguments and `Result` as in `fab`.
     """
-    _check(threat, x, steps, restarts, alpha_max=alpha_max, eta=eta, beta=beta)
-    check_attack_inputs(x, y, threat)
+    check_classifier_args(logits_fn, x, y, threat, key, who="FAB-T")
+    _check(
+        threat,
+        x,
+        steps,
+        restarts,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+        final_search=final_search,
+    )
+    checks = check_attack_inputs(x, y, threat, logits_fn=logits_fn)
+    check_int(n_target_classes, "n_target_classes", 1)
     if isinstance(n_target_classes, bool) or n_target_classes < 1:
         raise InputError(f"n_target_classes must be >= 1, got {n_target_classes!r}")
     if final_search < 0:
         raise InputError(f"final_search must be >= 0, got {final_search}")
     logits0, xf, y, num_classes = _setup(logits_fn, x, y)
+    checks += _model_checks(logits0, y, num_classes)
     k = min(int(n_target_classes), num_classes - 1)
     others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, logits0)
     targets = jax.lax.top_k(others, k)[1]  # (B, k), highest clean logit first
@@ -488,4 +532,4 @@ def fab_targeted(
         best, best_norm = _final_search(
             logits_fn, xf, x.shape, y, best, best_norm, final_search, threat.name, lo, hi
         )
-    return _result(logits_fn, x, y, logits0, best, best_norm, eps)
+    return guard(_result(logits_fn, x, y, logits0, best, best_norm, eps), checks)

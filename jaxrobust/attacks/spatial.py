@@ -7,8 +7,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs, check_result, classifier_objective
-from jaxrobust.errors import InputError
+from jaxrobust.attacks.pgd import (
+    LogitsFn,
+    check_classifier_args,
+    classifier_objective,
+    label_input_checks,
+)
+from jaxrobust.errors import InputError, check_int, check_threat
 from jaxrobust.losses import Loss, cross_entropy
 from jaxrobust.optimize import Result, best_of
 from jaxrobust.threat import ThreatModel, example_keys, spatial
@@ -21,10 +26,11 @@ def transform_grid(threat: ThreatModel, angles: int = 31, translations: int = 5)
 
     The default 31 × 5 × 5 = 775 grid is the paper's.
     """
+    check_threat(threat)
     if threat.name != "spatial":
         raise InputError(f"grid attacks need a spatial threat model, got {threat.name!r}")
-    if angles < 1 or translations < 1:
-        raise InputError(f"grid sizes must be >= 1, got {angles=}, {translations=}")
+    check_int(angles, "grid sizes: angles", 1)
+    check_int(translations, "grid sizes: translations", 1)
     max_angle, max_dx, max_dy = threat.eps
     a = jnp.linspace(-max_angle, max_angle, angles) if angles > 1 else jnp.zeros(1)
     dx = jnp.linspace(-max_dx, max_dx, translations) if translations > 1 else jnp.zeros(1)
@@ -46,18 +52,19 @@ def grid(
     """Try every transform on the grid; per example keep a misclassifying one, else the
     highest-loss one. x: (B, H, W, C) images, y: (B,) labels."""
     threat = spatial() if threat is None else threat
-    check_attack_inputs(x, y, threat)
     transforms = transform_grid(threat, angles, translations)
+    check_classifier_args(logits_fn, x, y, threat, loss=loss, names=("spatial",), who="grid")
+    checks = label_input_checks(logits_fn, x, y)
     batch = x.shape[0]
-    result = best_of(
+    return best_of(
         classifier_objective(logits_fn, y, loss=loss),
         x,
         lambda i: jnp.broadcast_to(transforms[i], (batch, 3)),
         transforms.shape[0],
         threat=threat,
         has_aux=True,
+        checks=checks,
     )
-    return check_result(result)
 
 
 def worst_of_k(
@@ -73,19 +80,22 @@ def worst_of_k(
     """k uniformly random transforms per example; keep the worst (the paper's training
     adversary). x: (B, H, W, C), y: (B,)."""
     threat = spatial() if threat is None else threat
-    check_attack_inputs(x, y, threat)
+    check_threat(threat)
     if threat.name != "spatial":
         raise InputError(f"worst_of_k needs a spatial threat model, got {threat.name!r}")
+    check_classifier_args(logits_fn, x, y, threat, key, loss=loss, who="worst_of_k")
+    check_int(k, "k", 1)
+    checks = label_input_checks(logits_fn, x, y)
     keys = example_keys(key, k)
-    result = best_of(
+    return best_of(
         classifier_objective(logits_fn, y, loss=loss),
         x,
         lambda i: threat.init(keys[i], x),
         k,
         threat=threat,
         has_aux=True,
+        checks=checks,
     )
-    return check_result(result)
 
 
 def vote(

@@ -28,8 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.attacks.pgd import LogitsFn, check_attack_inputs, check_result, classifier_objective
-from jaxrobust.errors import InputError, is_concrete
+from jaxrobust.attacks.pgd import (
+    LogitsFn,
+    check_attack_inputs,
+    check_classifier_args,
+    classifier_objective,
+    guard,
+)
+from jaxrobust.errors import InputError, check_number, finite_checks, is_concrete, screen
 from jaxrobust.losses import Loss, get_loss
 from jaxrobust.optimize import Result
 from jaxrobust.threat import ThreatModel, example_keys
@@ -262,9 +268,8 @@ def _check(x: Array, threat: ThreatModel, queries, p_init: float, restarts: int)
             raise InputError(f"queries must be an integer, got {queries!r}")
         if queries < 1:
             raise InputError(f"queries must be >= 1 (the initial query counts), got {queries}")
-    if not 0.0 < p_init <= 1.0:
-        raise InputError(f"p_init must be in (0, 1], got {p_init}")
-    if not isinstance(restarts, int) or restarts < 1:
+    check_number(p_init, "p_init", 0.0, 1.0, lo_open=True)
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
         raise InputError(f"restarts must be an integer >= 1, got {restarts!r}")
 
 
@@ -309,13 +314,22 @@ def square(
       no longer queried once misclassified; one misclassified at the start costs a single
       query. `value` never falls below its value at the initial point.
     """
+    check_classifier_args(logits_fn, x, y, threat, key, who="the Square attack")
+    if not (callable(loss) or isinstance(loss, str)):
+        raise InputError(f"loss must be a loss name or a callable, got {loss!r}")
     _check(x, threat, queries, p_init, restarts)
-    check_attack_inputs(x, y, threat, target)
+    checks = check_attack_inputs(x, y, threat, target, logits_fn=logits_fn)
+    # Infinite logits can give a finite-looking margin of inf: check the clean ones.
+    checks += screen(finite_checks(jax.lax.stop_gradient(logits_fn(jnp.asarray(x)))))
     if schedule_queries is None:
         if not is_concrete(queries):
             raise InputError("a traced `queries` needs a static `schedule_queries`")
         schedule_queries = int(queries)
-    if not isinstance(schedule_queries, int | np.integer) or schedule_queries < 1:
+    if (
+        isinstance(schedule_queries, bool)
+        or not isinstance(schedule_queries, int | np.integer)
+        or schedule_queries < 1
+    ):
         raise InputError(f"schedule_queries must be an integer >= 1, got {schedule_queries!r}")
     loss_fn = get_loss(loss) if isinstance(loss, str) else loss
     x = jnp.asarray(x)
@@ -429,6 +443,5 @@ def square(
 
     eps = jnp.asarray(threat.eps)
     best = attack(x, jnp.asarray(y), key, eps, target, jnp.asarray(queries, jnp.int32))
-    result = SquareResult(x + best.delta, best.delta, best.value, best.success, best.queries)
-    check_result(result.result)
-    return result
+    result = guard(Result(x + best.delta, best.delta, best.value, best.success), checks)
+    return SquareResult(*result, best.queries)

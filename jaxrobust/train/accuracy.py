@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrobust.attacks import fgsm, pgd
-from jaxrobust.errors import InputError, check_batch
+from jaxrobust.errors import InputError, check_batch, without_callbacks
 from jaxrobust.losses import cross_entropy, margin
 from jaxrobust.parallel import shard_global_batch
 from jaxrobust.threat import get_threat
@@ -100,8 +100,11 @@ class AccuracyEvaluator:
 
         # Replicated outputs: each process can read the whole result (np.asarray).
         out = {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
-        self._clean = jax.jit(clean, **out)
-        self._robust = jax.jit(robust, **out)
+        # Traced without host callbacks (persistent-cache friendly); inputs come from the
+        # validated data pipeline, and a poisoned attack (non-finite logits) counts every
+        # point as broken: accuracy 0, never a confident robust number.
+        self._clean = jax.jit(without_callbacks(clean), **out)
+        self._robust = jax.jit(without_callbacks(robust), **out)
 
     def _place(self, x: Any, y: Any) -> tuple[Any, Any]:
         """One padded batch, sharded over the mesh when there is one."""

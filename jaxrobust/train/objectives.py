@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.attacks import fgsm, pgd, worst_of_k
+from jaxrobust.errors import without_callbacks
 from jaxrobust.losses import Loss, cross_entropy, kl_divergence
 from jaxrobust.optimize import optimize
 from jaxrobust.threat import ThreatModel, spatial
@@ -161,4 +162,6 @@ def make_train_step(objective: Objective) -> Callable[[TrainState, Batch], tuple
         (_, (metrics, batch_stats)), grads = grad_fn(state.params, state, batch, state.step_key())
         return state.apply_gradients(grads, batch_stats), metrics
 
-    return jax.jit(step, donate_argnums=0)
+    # Traced without host callbacks, so the step stays in the persistent compilation cache;
+    # a poisoned inner attack makes the loss NaN, which the training loop reports.
+    return jax.jit(without_callbacks(step), donate_argnums=0)
