@@ -12,6 +12,8 @@ once. Type checkers see the eager imports below.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -191,6 +193,20 @@ __all__ = [
     "worst_of_k",
 ]
 assert set(__all__) == set(_SOURCES)  # one list of public names, kept in step
+
+
+class _Package(types.ModuleType):
+    """The import system binds each imported submodule on its package: `jaxrobust.optimize`
+    (the module) would then hide `jaxrobust.optimize` (the engine, a public function).
+    Public names always resolve to the public objects."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SOURCES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -316,11 +316,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     for key, low in _LOWER_BOUNDS.items():
         if not _finite_at_least(_get(cfg, key), low):
-            raise ConfigError(f"{key} must be a finite number >= {low}, got {_get(cfg, key)!r}")
+            raise ConfigError(f"{key} must be >= {low} and finite, got {_get(cfg, key)!r}")
     if cfg.seed >= 2**32:
         raise ConfigError(f"seed must be < 2**32, got {cfg.seed}")
-    if not cfg.optimizer.learning_rate > 0:
-        raise ConfigError(f"optimizer.learning_rate must be > 0, got {cfg.optimizer.learning_rate}")
     if not cfg.dataset or not isinstance(cfg.dataset, str):
         raise ConfigError(f"dataset must be a dataset name, got {cfg.dataset!r}")
     if cfg.optimizer.name not in ("adam", "adamw", "sgd"):
