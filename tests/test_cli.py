@@ -191,7 +191,7 @@ def test_help_and_config_errors_answer_without_jax(tmp_path):
         (["--set", "eps=1e999"], "eps must be >= 0 and finite"),
         (["--set", "eval.eps_list=(0, 'a')"], "tuple of numbers"),
         (["--set", "eval.eps_list=abc"], "expects a tuple"),
-        (["--set", "optimizer.learning_rate=0"], "learning_rate must be > 0"),
+        (["--set", "optimizer.learning_rate=-1"], "learning_rate must be >= 0"),
         (["--set", "seed=-1"], "seed must be"),
         (["--set", "model.kwargs.hidden=(0,)"], "cannot be built"),
         (["--step", "-1"], "must be >= 0"),

@@ -98,8 +98,6 @@ def _bad_for(key: str, default) -> st.SearchStrategy[str]:
     if isinstance(default, float):
         low = _LOWER_BOUNDS.get(key, 0)
         below = st.floats(max_value=low, exclude_max=True, allow_nan=False, allow_infinity=False)
-        if key == "optimizer.learning_rate":
-            below = st.floats(max_value=0, allow_nan=False, allow_infinity=False)
         return st.one_of(below.map(repr), _NAN_INF, _JUNK)
     if isinstance(default, tuple):  # eval.eps_list: numbers >= 0
         bad_number = st.one_of(

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -74,7 +74,10 @@ def test_margin_known_values():
     np.testing.assert_allclose(np.asarray(losses.margin(z, y)), [-1.0, 6.0])
 
 
-@FAST
+# The assume() below rejects near-ties; one CI run's generator hit the health check's
+# rejection limit (9 kept of 59) though the fixed-seed profile passed before: not a failure
+# of the property, so that health check alone is lifted here.
+@settings(FAST, suppress_health_check=[HealthCheck.filter_too_much])
 @given(
     hnp.arrays(np.float32, (B, C), elements=st.floats(-10, 10, width=32)),
     labels_st,
