@@ -168,6 +168,12 @@ def by_argument(value: Any, *, why: str) -> dict:
     return {"value": jsonable(value), "method": "by_argument", "why": why}
 
 
+def header(name: str, smoke: bool, seed: int, settings: dict) -> dict:
+    """The leading fields of every experiment's JSON: which experiment, at which size, from
+    which seed, with which settings."""
+    return {"experiment": name, "smoke": smoke, "seed": seed, "settings": settings}
+
+
 def run_info() -> dict:
     """Library version and git commit of the code that produced a result (commit None
     outside a git checkout; '+dirty' when the work tree had uncommitted changes)."""

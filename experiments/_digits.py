@@ -40,6 +40,10 @@ from jaxrobust.train import TrainState, make_train_step, pgd_at, standard
 
 Array = jax.Array
 INFO = get_info("digits")
+# The experiments' MLP and Adam budget: one size for smoke runs (compiles in seconds), one
+# for full runs; each experiment adds its own grid to these.
+MLP_SMOKE = {"hidden": [64], "batch": 32, "lr": 3e-3}
+MLP_FULL = {"hidden": [256, 256], "steps": 2000, "batch": 64, "lr": 2e-3}
 NUM_CLASSES = INFO.num_classes
 PARTS = ("all", "synthetic", "digits")
 
@@ -78,12 +82,11 @@ def write(out: Path, name: str, data: dict, t0: float, lines: Sequence[str]) -> 
 
 def report_header(name: str, smoke: bool, seed: int, cfg: dict, x: Any, x_test: Any) -> dict:
     """The leading fields of a digits experiment's JSON: what ran and how it was attacked."""
-    return {
-        "experiment": name,
-        "part": "digits",
-        "smoke": smoke,
-        "seed": seed,
-        "settings": {
+    return C.header(
+        name,
+        smoke,
+        seed,
+        {
             **cfg,
             "model": f"MLP(hidden={tuple(cfg['hidden'])}) on 8x8 digits",
             "train_size": int(x.shape[0]),
@@ -92,7 +95,7 @@ def report_header(name: str, smoke: bool, seed: int, cfg: dict, x: Any, x_test: 
             "attack": f"PGD ℓ∞ (CE, {cfg['eval_steps']} steps of 2.5ε/steps, "
             f"{cfg['eval_restarts']} restarts)",
         },
-    }
+    ) | {"part": "digits"}
 
 
 def load() -> tuple[Array, Array, Array, Array]:

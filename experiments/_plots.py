@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 Z95 = 1.959964  # two-sided 95% normal quantile
+UNIT = (-0.02, 1.02)  # y-limits of an accuracy or error in [0, 1], its ends left visible
 
 
 def errorbars(
@@ -66,6 +67,13 @@ def style(
     ax.grid(True, which="both", alpha=0.3)
     if legend:
         ax.legend(fontsize=legend_size, **legend_kw)
+
+
+def style_vs_n(ax, ylabel: str, title: str, *, xlabel: str = "training samples n", **kw) -> None:
+    """`style` for a [0, 1] quantity against a sample count: log x, `UNIT` y-limits, small
+    legend (the sample-complexity panels all share this look)."""
+    kw = {"logx": True, "ylim": UNIT, "legend_size": 6, **kw}
+    style(ax, xlabel, ylabel, title, **kw)
 
 
 def legend_entry(ax, fmt: str, label: str, **kw) -> None:

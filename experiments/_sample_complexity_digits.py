@@ -31,10 +31,8 @@ Array = jax.Array
 # accuracy saturates before robust accuracy, and the robust gap shrinks with n.
 DIGITS_SETTINGS = {
     "smoke": {
-        "hidden": [64],
+        **D.MLP_SMOKE,
         "steps": 200,
-        "batch": 32,
-        "lr": 3e-3,
         # Measured (seed 0): standard 0.78 / 0.93 / 0.94, PGD-AT robust 0.41 / 0.68 / 0.73:
         # the standard curve is within 3 pp of its maximum at n = 400, the robust one only
         # at 1437 (3 pp rather than the full run's 2: a margin for numerics across backends).
@@ -48,10 +46,7 @@ DIGITS_SETTINGS = {
         "separate_standard": False,  # one compiled trainer: compiling dominates at this size
     },
     "full": {
-        "hidden": [256, 256],
-        "steps": 2000,
-        "batch": 64,
-        "lr": 2e-3,
+        **D.MLP_FULL,
         "n": [25, 50, 100, 200, 400, 800, 1437],
         "seeds": 4,
         "eps": [0.1, 0.2],
@@ -273,14 +268,11 @@ def plot_digits(data: dict, path: Path) -> None:
             n, std["robust_test"][f"{e:g}"], ":", color=c, lw=1, label=f"standard: robust ε={e:g}"
         )
     ax.plot([], [], "k:", lw=1, label="saturation n (within 2 pp of max)")
-    P.style(
+    P.style_vs_n(
         ax,
-        "training samples n (class-balanced, nested)",
         "test accuracy",
         f"digits MLP: mean ± SE over {seeds} seeds",
-        logx=True,
-        ylim=(-0.02, 1.02),
-        legend_size=6,
+        xlabel="training samples n (class-balanced, nested)",
     )
     ax = axes[0, 1]
     P.errorbars(

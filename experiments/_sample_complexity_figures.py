@@ -48,14 +48,10 @@ def plot_curves(curves: list[dict], meas: dict, head: dict | None, path: Path) -
         P.legend_entry(
             ax, "ko", f"PGD, held-out samples: mean of {meas['draws']} ŵ draws ± 95% CI", mfc="none"
         )
-        P.style(
+        P.style_vs_n(
             ax,
-            "training samples n",
             "error",
             f"d={c['d']:,}, σ={c['sigma']:.2f}; lines: closed form, mean of {c['draws']} ŵ",
-            logx=True,
-            ylim=(-0.02, 1.02),
-            legend_size=6,
             title_size=8,
         )
     C.save(fig, path)
@@ -164,14 +160,10 @@ def plot_at(at: dict, path: Path) -> None:
     P.errorbars(
         ax, n * 1.08, r["value"], r["se"], "s", "PGD-AT: robust, PGD on held-out (± SE)", "C0", ms=4
     )
-    P.style(
+    P.style_vs_n(
         ax,
-        "training samples n",
         "error (lines: closed form, mean over seeds)",
         f"linear models, d={at['d']:,}, ε={at['eps']:g}, {at['seeds']} seeds",
-        logx=True,
-        ylim=(-0.02, 1.02),
-        legend_size=6,
     )
     ax = axes[0, 1]
     P.errorbars(
@@ -229,14 +221,10 @@ def plot_bernoulli(bern: dict, path: Path) -> None:
             if control
             else f"ε={e:.3f} = {e / bern['tau']:.1f}τ"
         )
-        P.style(
+        P.style_vs_n(
             ax,
-            "training samples n",
             f"error (mean of {bern['draws']} ŵ draws ± SE)",
             f"Bernoulli d={bern['d']}, τ={bern['tau']:.3f}: {title}",
-            logx=True,
-            ylim=(-0.02, 1.02),
-            legend_size=6,
             title_size=8,
         )
     C.save(fig, path)

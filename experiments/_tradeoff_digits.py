@@ -35,12 +35,9 @@ Array = jax.Array
 # per objective.
 SETTINGS = {
     "smoke": {
-        "hidden": [64],
+        **D.MLP_SMOKE,
         "steps": 150,
-        "batch": 32,
-        "lr": 3e-3,
-        # 4 x 1 + 2 x 2 x 2 = 12 configurations, like sample_complexity's smoke grid: the
-        # same compiled trainer, so a test session's compilation cache serves both.
+        # 4 x 1 + 2 x 2 x 2 = 12 configurations in one compiled trainer.
         "eps_train": [0.0, 0.1, 0.2, 0.3],
         "seeds": 1,
         "low_n": [20, 50],
@@ -53,10 +50,7 @@ SETTINGS = {
         "separate_standard": False,  # one compiled trainer: compiling dominates at this size
     },
     "full": {
-        "hidden": [256, 256],
-        "steps": 2000,
-        "batch": 64,
-        "lr": 2e-3,
+        **D.MLP_FULL,
         "eps_train": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
         "seeds": 3,
         "low_n": [25, 50, 100, 200],

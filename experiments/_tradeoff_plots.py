@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import _common as C  # experiments/ is on sys.path (script dir, or added by the CLI)
+import _plots as P
 import _tradeoff_model as M
 import numpy as np
 from matplotlib.lines import Line2D
@@ -72,13 +73,16 @@ def plot_bound(data: dict, path: Path) -> Path:
         Line2D([], [], marker="o", mfc="none", color="k", ls="none", label="hollow: measured"),
     ]
     labels += ["filled: closed form", f"hollow: measured (PGD, {s['test_size']} test, ± 2 SE)"]
-    ax.legend(handles, labels, fontsize=6.5, loc="center left")
     ax.set_xlim(grid[0], 1.0)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("standard accuracy A")
-    ax.set_ylabel(f"ℓ∞ robust accuracy at ε = 2η = {eps:.3f}")
-    ax.set_title(f"d = {s['d']}, p = {p}, η = 3/√d", fontsize=9)
-    ax.grid(True, alpha=0.3)
+    P.style(
+        ax,
+        "standard accuracy A",
+        f"ℓ∞ robust accuracy at ε = 2η = {eps:.3f}",
+        f"d = {s['d']}, p = {p}, η = 3/√d",
+        ylim=P.UNIT,
+        legend=False,
+    )
+    ax.legend(handles, labels, fontsize=6.5, loc="center left")
 
     xs = np.arange(n)
     for i, r in enumerate(models):
@@ -92,17 +96,20 @@ def plot_bound(data: dict, path: Path) -> Path:
     ax_gap.axhline(0, color="k", lw=1.2, label="bound (above: impossible)")
     ax_gap.axhspan(0, 2.0, color="0.9")
     ax_gap.set_xticks(xs, [r["name"].replace("PGD-AT ", "AT ") for r in models], rotation=35)
-    ax_gap.set_ylabel("robust accuracy − bound")
     ends = [
         v
         for r in models
         for g in [r["bound_check"]["robust_minus_bound"]]
         for v in (g["value"] - 2 * g["se"], g["value"] + 2 * g["se"])
     ]
-    ax_gap.set_ylim(min(ends) - 0.05, max(max(ends), 0.0) + 0.05)
-    ax_gap.set_title("measured (hollow, ± 2 SE) and closed form (filled)", fontsize=9)
-    ax_gap.legend(fontsize=7, loc="lower right")
-    ax_gap.grid(True, alpha=0.3)
+    P.style(
+        ax_gap,
+        "",
+        "robust accuracy − bound",
+        "measured (hollow, ± 2 SE) and closed form (filled)",
+        ylim=(min(ends) - 0.05, max(max(ends), 0.0) + 0.05),
+        loc="lower right",
+    )
     return C.save(fig, path)
 
 
@@ -148,58 +155,55 @@ def plot_digits(data: dict, path: Path) -> Path:
     clean, own = sw["clean_test"], sw["robust_test_at_eps_train"]
     seeds = clean["n"]
     ax = axes[0, 0]
-    ax.errorbar(e, clean["value"], clean["se"], fmt="k-o", ms=3, capsize=2, label="PGD-AT")
+    P.errorbars(ax, e, clean["value"], clean["se"], "k-o", "PGD-AT")
     ax.axhline(clean["value"][0], color="0.5", ls=":", lw=1, label="standard (ε_train = 0)")
-    ax.set_xlabel("ε_train (ℓ∞, pixels in [0, 1])")
-    ax.set_ylabel("clean test accuracy")
-    ax.set_title(f"clean accuracy, full training set ({seeds} seeds, ± SE)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    ax = axes[0, 1]
-    ax.errorbar(
-        e, own["value"], own["se"], fmt="C3-s", ms=3, capsize=2, label="PGD-AT, at ε = ε_train"
+    P.style(
+        ax,
+        "ε_train (ℓ∞, pixels in [0, 1])",
+        "clean test accuracy",
+        f"clean accuracy, full training set ({seeds} seeds, ± SE)",
     )
+    ax = axes[0, 1]
+    P.errorbars(ax, e, own["value"], own["se"], "C3-s", "PGD-AT, at ε = ε_train")
     curves = np.asarray(sw["accuracy_vs_attack_eps"]["value"])
     ax.plot(e, curves[0], "k:o", ms=3, label="standard")
-    ax.set_xlabel("ε_train = attack ε")
-    ax.set_ylabel("robust test accuracy (PGD)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("robust accuracy at the training ε", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    P.style(
+        ax,
+        "ε_train = attack ε",
+        "robust test accuracy (PGD)",
+        "robust accuracy at the training ε",
+        ylim=P.UNIT,
+    )
     ax = axes[1, 0]
     for i, et in enumerate(e):
         name = "standard" if et == 0 else f"PGD-AT ε={et:g}"
         ax.plot(sw["attack_eps"], curves[i], "-o", ms=3, color=f"C{i}", label=name)
-    ax.set_xlabel("attack ε (PGD ℓ∞)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("accuracy vs attack ε (seed mean)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6)
+    P.style(
+        ax,
+        "attack ε (PGD ℓ∞)",
+        "test accuracy",
+        "accuracy vs attack ε (seed mean)",
+        ylim=P.UNIT,
+        legend_size=6,
+    )
     ax = axes[1, 1]
     low = data["low_data"]
     lc = low["clean_test"]
     for i, et in enumerate(low["eps_train"]):
         name = "standard" if et == 0 else f"PGD-AT ε={et:g}"
-        ax.errorbar(
-            low["n"],
-            np.asarray(lc["value"])[i],
-            np.asarray(lc["se"])[i],
-            fmt="-o",
-            ms=3,
-            capsize=2,
-            color="k" if et == 0 else f"C{i}",
-            label=name,
+        color = "k" if et == 0 else f"C{i}"
+        P.errorbars(
+            ax, low["n"], np.asarray(lc["value"])[i], np.asarray(lc["se"])[i], "-o", name, color
         )
-    ax.set_xscale("log")
+    P.style(
+        ax,
+        "training samples n (class-balanced, nested)",
+        "clean test accuracy",
+        f"low data (paired, {lc['n']} seeds, ± SE)",
+        logx=True,
+    )
     ax.set_xticks(low["n"], [str(n) for n in low["n"]])
     ax.minorticks_off()
-    ax.set_xlabel("training samples n (class-balanced, nested)")
-    ax.set_ylabel("clean test accuracy")
-    ax.set_title(f"low data (paired, {lc['n']} seeds, ± SE)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
     return C.save(fig, path)
 
 

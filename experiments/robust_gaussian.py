@@ -407,10 +407,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = C.jsonable(
         {
-            "experiment": NAME,
-            "smoke": args.smoke,
-            "seed": args.seed,
-            "settings": cfg,
+            **C.header(NAME, args.smoke, args.seed, cfg),
             "sigma_star": sv,
             "mu_star": np.asarray(mu),
             "lambda": lam,

@@ -50,6 +50,10 @@ import numpy as np
 
 NAME = "sample_complexity"
 
+# The thresholded Bernoulli model's attack grid (ε in units of τ; 1.05τ is the control that
+# must break it) and its PGD steps, the same at both sizes.
+BERNOULLI = {"tau_mult": 1.0, "eps_over_tau": [0.5, 1.5], "eps_control": [1.05], "steps": 3}
+
 SETTINGS = {
     "smoke": {
         "sigma_mult": 0.5,
@@ -87,16 +91,7 @@ SETTINGS = {
             "pgd_steps": 2,
             "measure": {"max_test": 500},
         },
-        "bernoulli": {
-            "d": 200,
-            "tau_mult": 1.0,
-            "eps_over_tau": [0.5, 1.5],
-            "eps_control": [1.05],
-            "n": [1, 4, 16, 64],
-            "draws": 4,
-            "test": 500,
-            "steps": 3,
-        },
+        "bernoulli": {**BERNOULLI, "d": 200, "n": [1, 4, 16, 64], "draws": 4, "test": 500},
     },
     "full": {
         "sigma_mult": 0.5,
@@ -137,14 +132,11 @@ SETTINGS = {
             "measure": {"max_test": 2000},
         },
         "bernoulli": {
+            **BERNOULLI,
             "d": 1000,
-            "tau_mult": 1.0,
-            "eps_over_tau": [0.5, 1.5],
-            "eps_control": [1.05],
             "n": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
             "draws": 8,
             "test": 2000,
-            "steps": 3,
         },
     },
 }
@@ -256,10 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = C.jsonable(
         {
-            "experiment": NAME,
-            "smoke": args.smoke,
-            "seed": args.seed,
-            "settings": cfg,
+            **C.header(NAME, args.smoke, args.seed, cfg),
             "model": "y ~ U{±1}, x ~ N(y·θ*, σ²I_d), θ* = 1, σ = c·d^(1/4)",
             "curves": curves,
             "curves_method": "closed form, mean over exact draws of ŵ ~ N(θ*, σ²/n·I)",

@@ -200,10 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         correct = fn(x, y, jax.random.key(args.seed + 1))
         table[label] = {e: table_entry(np.asarray(correct[e]), HOW[e]) for e in EVALS}
     data = {
-        "experiment": NAME,
-        "smoke": args.smoke,
-        "seed": args.seed,
-        "settings": settings,
+        **C.header(NAME, args.smoke, args.seed, settings),
         "table": table,
         "train_time_s": round(train_time, 2),
     }
