@@ -126,10 +126,13 @@ def invalidate(result: Result, bad: Array | None) -> Result:
     accuracy can be read off it even where the check's host callback cannot raise."""
     if bad is None:
         return result
+    # A factor rather than a select: NaN also reaches every derivative taken through the
+    # result (a select would give a derivative of 0 through its constant NaN branch).
+    poison = jnp.where(bad, jnp.nan, 1.0)
     return Result(
-        x_adv=jnp.where(bad, jnp.nan, result.x_adv),
-        delta=jnp.where(bad, jnp.nan, result.delta),
-        value=jnp.where(bad, jnp.nan, result.value),
+        x_adv=result.x_adv * poison.astype(result.x_adv.dtype),
+        delta=result.delta * poison.astype(result.delta.dtype),
+        value=result.value * poison.astype(result.value.dtype),
         success=result.success | bad,
     )
 
@@ -369,10 +372,14 @@ def optimize(
     else:
         delta, values, success = last_delta, last_values, last_success
     # A non-finite objective shows in the best value (a NaN score never improves on the
-    # initial NaN value; a NaN/inf iterate that succeeds is taken) or in the last iterate's;
-    # checked once here rather than per step (per-step tracking cost 30% more XLA compile
-    # time on an unrolled PGD-40).
-    nonfinite = ~jnp.isfinite(best.value) | ~jnp.isfinite(last_values)
+    # initial NaN value; a NaN/inf iterate that succeeds is taken) or in the last iterate's
+    # (a NaN gradient makes every later iterate NaN); checked once here rather than per
+    # step (per-step tracking cost 30% more XLA compile time on an unrolled PGD-40).
+    # Without keep_best only the last iterate is read: reading best.value would keep the
+    # per-step bookkeeping of the best iterate alive in the compiled program.
+    nonfinite = ~jnp.isfinite(last_values)
+    if keep_best:
+        nonfinite = nonfinite | ~jnp.isfinite(best.value)
     bad = enforce([*pending, _nan_check(nonfinite)])
     return invalidate(Result(threat.apply(x, delta), delta, values, success), bad)
 

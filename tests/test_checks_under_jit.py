@@ -1,8 +1,11 @@
-"""Bad input and bad model output give a named error under `jax.jit` / `vmap` / `grad` as
-eagerly (issue 11): one test per (attack, case), each on a tiny linear model.
+"""Bad input and bad model output never give a number (issue 11): eagerly a named error;
+under `jax.jit` / `vmap` / `grad` a poisoned result by default (x_adv and value NaN, every
+example broken; `raise_if_poisoned` names it on the host) and, traced under
+`errors.raise_in_jit()`, a named error from inside the call. One test per (attack, case),
+each on a tiny linear model.
 
 Every jitted attack takes the bad values as arguments (x, y, ε and a logit scale that
-makes the model return NaN or inf), so each attack compiles once for all its cases.
+makes the model return NaN or inf), so each attack compiles once per mode for all its cases.
 """
 
 from __future__ import annotations
@@ -111,10 +114,12 @@ PAIRS = [(a, c) for a in ATTACKS for c in CASES if _applies(a, c)]
 _JITTED: dict = {}
 
 
-def _jitted(attack):
-    if attack not in _JITTED:
-        _JITTED[attack] = jax.jit(ATTACKS[attack])
-    return _JITTED[attack]
+def _jitted(attack, raising=False):
+    """The attack jitted as a user would (poisoning only), or traced under raise_in_jit."""
+    if (attack, raising) not in _JITTED:
+        fn = errors.with_callbacks(ATTACKS[attack]) if raising else ATTACKS[attack]
+        _JITTED[attack, raising] = jax.jit(fn)
+    return _JITTED[attack, raising]
 
 
 def _pattern(attack, case):
@@ -141,10 +146,22 @@ def test_valid_input_runs_under_jit(attack):
     assert not np.any(np.isnan(np.asarray(out.x_adv)))
 
 
+def _assert_poisoned(out):
+    res = _result(out)
+    assert np.all(np.asarray(res.success))
+    assert np.all(np.isnan(np.asarray(res.value)))
+    assert np.all(np.isnan(np.asarray(res.x_adv)))
+    with pytest.raises(InputError, match="a check on traced values failed"):
+        errors.raise_if_poisoned(out)
+
+
 @pytest.mark.parametrize(("attack", "case"), PAIRS)
-def test_bad_input_named_under_jit(attack, case):
+def test_bad_input_under_jit_is_poisoned_or_named(attack, case):
+    """By default no number comes out (every example broken, NaN x_adv and value);
+    traced under raise_in_jit the call fails with the problem named."""
+    _assert_poisoned(_run(_jitted(attack), case))
     with pytest.raises(Exception) as info:
-        _run(_jitted(attack), case)
+        _run(_jitted(attack, raising=True), case)
     err = named_error(info.value)
     assert isinstance(err, InputError), info.value
     assert re.search(_pattern(attack, case), str(err)), str(err)
@@ -158,15 +175,12 @@ def test_bad_input_named_eagerly(attack, case):
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
-def test_failed_check_poisons_the_result(attack, monkeypatch):
-    """Even where the host callback cannot raise, no confident number comes out: every
-    example counts as broken and x_adv and value are NaN (same compiled program)."""
+def test_failed_check_poisons_the_result_even_if_the_callback_cannot_raise(attack, monkeypatch):
+    """Under raise_in_jit too, no confident number comes out where the host callback
+    does not raise: every example broken, x_adv and value NaN (same compiled program)."""
     monkeypatch.setattr(errors, "_raise_failed", lambda *a: None)
     for case in ("x_0_255", "logits_nan"):
-        res = _result(_run(_jitted(attack), case))
-        assert np.all(np.asarray(res.success)), case
-        assert np.all(np.isnan(np.asarray(res.value))), case
-        assert np.all(np.isnan(np.asarray(res.x_adv))), case
+        _assert_poisoned(_run(_jitted(attack, raising=True), case))
 
 
 def test_empty_batch_is_named_under_jit_and_eagerly():
@@ -197,9 +211,11 @@ def test_eager_label_error_names_the_labels_not_the_logits():
 
 
 def test_traced_target_out_of_range_is_named():
-    fn = jax.jit(
-        lambda x, y, t: jr.pgd(model(1.0), x, y, KEY, threat=jr.linf(0.1), steps=1, target=t)
-    )
+    def targeted(x, y, t):
+        return jr.pgd(model(1.0), x, y, KEY, threat=jr.linf(0.1), steps=1, target=t)
+
+    _assert_poisoned(jax.jit(targeted)(X, Y, Y + C))
+    fn = jax.jit(errors.with_callbacks(targeted))
     fn(X, Y, (Y + 1) % C)
     with pytest.raises(Exception) as info:
         jax.block_until_ready(fn(X, Y, Y + C))
@@ -211,13 +227,16 @@ def test_vmap_over_batches_names_the_bad_one():
     xs, ys = np.stack([X, X]), np.stack([Y, Y])
     out = jax.block_until_ready(fn(xs, ys, 0.1, 1.0))
     assert out.success.shape == (2, B)
+    bad = fn(np.stack([X, X * 255]), ys, 0.1, 1.0)  # only the bad batch is poisoned
+    assert not errors.is_poisoned(bad.value[0]) and errors.is_poisoned(bad.value[1])
+    fn = jax.jit(errors.with_callbacks(jax.vmap(ATTACKS["pgd"], in_axes=(0, 0, None, None))))
     with pytest.raises(Exception) as info:
         jax.block_until_ready(fn(np.stack([X, X * 255]), ys, 0.1, 1.0))
     assert "declared input range" in str(named_error(info.value))
 
 
 def test_vmap_over_eps_names_the_bad_radius():
-    fn = jax.jit(jax.vmap(ATTACKS["pgd"], in_axes=(None, None, 0, None)))
+    fn = jax.jit(errors.with_callbacks(jax.vmap(ATTACKS["pgd"], in_axes=(None, None, 0, None))))
     fn(X, Y, jnp.array([0.1, 0.2]), 1.0)
     with pytest.raises(Exception) as info:
         jax.block_until_ready(fn(X, Y, jnp.array([0.1, -0.2]), 1.0))
@@ -230,7 +249,8 @@ def test_grad_through_an_attack_names_the_problem():
     def meta(scale, x):
         return jr.pgd(model(scale), x, Y, KEY, threat=jr.linf(0.1), steps=1).value.sum()
 
-    fn = jax.jit(jax.grad(meta))
+    assert np.isnan(float(jax.jit(jax.grad(meta))(1.0, X * 255)))  # poisoned: NaN gradient
+    fn = jax.jit(errors.with_callbacks(jax.grad(meta)))
     assert np.isfinite(float(fn(1.0, X)))
     with pytest.raises(Exception) as info:
         jax.block_until_ready(fn(1.0, X * 255))
@@ -243,14 +263,22 @@ def test_named_error_passes_through_and_ignores_others():
     assert named_error(RuntimeError("ValueError: no")) is None
 
 
-def test_poison_only_traces_without_the_callback():
-    """Host code that checks results itself keeps its programs free of host callbacks (so
-    cacheable); the bad input still cannot give a number."""
-    with errors.poison_only():
-        fn = jax.jit(lambda *a: ATTACKS["pgd"](*a))
-        lowered = fn.lower(X, Y, 0.1, 1.0).as_text()
-        out = jax.block_until_ready(fn(X * 255, Y, 0.1, 1.0))
-    assert "callback" not in lowered.lower()
-    assert "callback" in jax.jit(lambda *a: ATTACKS["pgd"](*a)).lower(X, Y, 0.1, 1.0).as_text()
+def test_only_raise_in_jit_puts_a_callback_in_the_program():
+    """By default (and under poison_only, even inside raise_in_jit) an attack's program
+    holds no host callback: it can be exported and persistently cached; the bad input
+    still cannot give a number."""
+
+    def lowered(fn):
+        return jax.jit(fn).lower(X, Y, 0.1, 1.0).as_text().lower()
+
+    pgd = ATTACKS["pgd"]
+    assert "callback" not in lowered(pgd)
+    assert "callback" in lowered(errors.with_callbacks(pgd))
+    with errors.raise_in_jit():
+        assert "callback" in lowered(lambda *a: pgd(*a))
+        assert "callback" not in lowered(errors.without_callbacks(pgd))
+    jax.export.export(jax.jit(pgd))(X, Y, 0.1, 1.0)  # exportable
+    fn = jax.jit(lambda *a: pgd(*a))
+    out = jax.block_until_ready(fn(X * 255, Y, 0.1, 1.0))
     assert errors.is_poisoned(out.value) and np.all(np.asarray(out.success))
-    assert not errors.is_poisoned(fn(X, Y, 0.1, 1.0).value)
+    assert errors.raise_if_poisoned(fn(X, Y, 0.1, 1.0)) is not None

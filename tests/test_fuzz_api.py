@@ -1,7 +1,8 @@
 """Fuzz the public API with bad arguments (issue 11): every attack's and threat
 constructor's arguments get random bad values; each call must end in a named
-`JaxRobustError` (eagerly, or under jit through the traced checks), never in another
-traceback and never in a silent result.
+`JaxRobustError` (eagerly; under jit a poisoned result that `errors.raise_if_poisoned`
+names, and, traced under `errors.raise_in_jit()`, an error from inside the call), never in
+another traceback and never in a silent result.
 
 CI runs a bounded number of examples per test; set `JAXROBUST_FUZZ_EXAMPLES=2000` for a
 larger run by hand. The cases tried are counted and printed at the end of the module
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxrobust as jr
+from jaxrobust import errors
 from jaxrobust.errors import JaxRobustError, named_error
 
 EXAMPLES = int(os.environ.get("JAXROBUST_FUZZ_EXAMPLES", "25"))
@@ -53,7 +55,8 @@ def _report_counts():
     yield
     line = (
         f"fuzz_api: {COUNTS['tried']} bad-input cases tried ({COUNTS['eager']} named eagerly, "
-        f"{COUNTS['traced']} named under jit), {COUNTS['traceback']} other tracebacks, "
+        f"{COUNTS['poisoned']} poisoned under jit, {COUNTS['traced']} named from inside jit), "
+        f"{COUNTS['traceback']} other tracebacks, "
         f"{COUNTS['silent']} silent results; {EXAMPLES} examples per test"
     )
     print("\n" + line)
@@ -62,13 +65,14 @@ def _report_counts():
             f.write(line + "\n")
 
 
-def expect_named(call, what):
-    """Run `call()`; it must raise a JaxRobustError (or a jit runtime error carrying one)."""
+def expect_named(call, what, kind="eager"):
+    """Run `call()`; it must raise a JaxRobustError (counted as `kind`) or a jit runtime
+    error carrying one."""
     COUNTS["tried"] += 1
     try:
         jax.block_until_ready(call())
     except JaxRobustError:
-        COUNTS["eager"] += 1
+        COUNTS[kind] += 1
         return
     except Exception as e:  # any other exception must carry a named error (traced checks)
         if named_error(e) is not None:
@@ -440,20 +444,16 @@ def test_threat_constructor_bad_argument_is_named(name, data):
 
 # ----------------------------------------------------------------------------- under jit
 
-_JIT = {
-    "pgd": jax.jit(
-        lambda x, y, e, s: jr.pgd(scaled(s), x, y, KEY, threat=jr.linf(e), steps=2).value
+_TRACED = {
+    "pgd": lambda x, y, e, s: jr.pgd(scaled(s), x, y, KEY, threat=jr.linf(e), steps=2).value,
+    "apgd": lambda x, y, e, s: jr.apgd(scaled(s), x, y, KEY, threat=jr.l2(e), steps=3).value,
+    "square": lambda x, y, e, s: (
+        jr.square(scaled(s), x, y, KEY, threat=jr.linf(e), queries=3).value
     ),
-    "apgd": jax.jit(
-        lambda x, y, e, s: jr.apgd(scaled(s), x, y, KEY, threat=jr.l2(e), steps=3).value
-    ),
-    "square": jax.jit(
-        lambda x, y, e, s: jr.square(scaled(s), x, y, KEY, threat=jr.linf(e), queries=3).value
-    ),
-    "fab": jax.jit(
-        lambda x, y, e, s: jr.fab(scaled(s), x, y, KEY, threat=jr.linf(e), steps=2).value
-    ),
+    "fab": lambda x, y, e, s: jr.fab(scaled(s), x, y, KEY, threat=jr.linf(e), steps=2).value,
 }
+_JIT = {name: jax.jit(fn) for name, fn in _TRACED.items()}  # as a user jits them
+_JIT_NAMED = {name: jax.jit(errors.with_callbacks(fn)) for name, fn in _TRACED.items()}
 
 
 @st.composite
@@ -487,4 +487,5 @@ def test_valid_values_run_under_jit(attack):
 @FUZZ
 @given(values=bad_traced_values())
 def test_bad_values_are_named_under_jit(attack, values):
-    expect_named(lambda: _JIT[attack](*values), f"jit {attack}")
+    expect_named(lambda: errors.raise_if_poisoned(_JIT[attack](*values)), attack, "poisoned")
+    expect_named(lambda: _JIT_NAMED[attack](*values), f"jit {attack}", "traced")
