@@ -1,6 +1,6 @@
 """Shared test set-up: an isolated data directory and the persistent compilation cache.
 
-Both live in one temporary folder per test session (per worker under pytest-xdist), so
+Both live in one temporary folder per test session (shared by the pytest-xdist workers), so
 tests never depend on or write to the user's ~/.cache. Subprocesses (CLI tests) inherit
 them through the environment. The folder (some 200 MB of compiled programs after a full
 run) is removed when the session ends, unless $JAXROBUST_TEST_ROOT named it (kept then,
@@ -23,8 +23,17 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-_OWN_ROOT = not os.environ.get("JAXROBUST_TEST_ROOT")
-_ROOT = Path(os.environ.get("JAXROBUST_TEST_ROOT") or tempfile.mkdtemp(prefix="jaxrobust-tests-"))
+# pytest-xdist workers share the controller's folder (set below, before the workers start,
+# and inherited through the environment), so a program one worker compiled is read from the
+# cache by the other; the controller (or a plain pytest process) removes it at the end.
+_SHARED = "JAXROBUST_TEST_SHARED_ROOT"
+_OWN_ROOT = not (os.environ.get("JAXROBUST_TEST_ROOT") or os.environ.get(_SHARED))
+_ROOT = Path(
+    os.environ.get("JAXROBUST_TEST_ROOT")
+    or os.environ.get(_SHARED)
+    or tempfile.mkdtemp(prefix="jaxrobust-tests-")
+)
+os.environ.setdefault(_SHARED, str(_ROOT))
 os.environ.setdefault("JAXROBUST_DATA_DIR", str(_ROOT / "data"))
 os.environ.setdefault("JAXROBUST_CACHE_DIR", str(_ROOT / "jax_cache"))
 # The `jaxrobust` commands give the CPU one device per core; tests (in-process, where the

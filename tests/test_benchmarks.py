@@ -95,6 +95,7 @@ def test_pgd_throughput_names_the_bound_of_rows_below_peer():
     assert "no kernels report" in bench._bounds(payload, None)[0]
 
 
+@pytest.mark.slow
 def test_scaling_quick(tmp_path):
     bench = _load("scaling")
     out = tmp_path / "scaling"

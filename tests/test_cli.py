@@ -134,6 +134,7 @@ def test_eval_of_missing_or_corrupt_run(run_dir, tmp_path, capsys):
     assert "corrupt" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["fast_at", "trades", "spatial_worst_of_k"])
 def test_train_other_objectives(objective, tmp_path):
     out = tmp_path / objective
@@ -148,6 +149,7 @@ def test_train_other_objectives(objective, tmp_path):
         assert m["catastrophic_overfitting"] is None
 
 
+@pytest.mark.slow
 def test_eval_splits_respect_the_validation_hold_out(tmp_path, capsys):
     run = tmp_path / "run"
     hold = ["--set", "validation.examples=100", "--set", "epochs=1"]
@@ -235,6 +237,7 @@ def test_eval_attack_bad_input_one_line_nothing_on_disk(args, message, run_dir, 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_says_where_to_resume(tmp_path, capsys, monkeypatch):
     """Ctrl-C after the first checkpoint: one line naming it; the same command resumes."""
     from jaxrobust.train import objectives
@@ -300,6 +303,7 @@ def _damage_newest_step(run: Path) -> int:
     return steps[-1]
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back(run_dir, tmp_path, capsys):
     """eval/attack use the newest intact step with a warning; --step picks one by hand;
     train resumes from it, sets the damaged step aside and reaches the same model."""

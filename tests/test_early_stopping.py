@@ -140,6 +140,7 @@ def es_run(tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow
 def test_early_stopping_selects_best_validation_epoch(es_run):
     out, metrics = es_run
     assert metrics == json.loads((out / "metrics.json").read_text())
@@ -168,6 +169,7 @@ def test_early_stopping_selects_best_validation_epoch(es_run):
     assert metrics["num_validation"] == N_VAL
 
 
+@pytest.mark.slow
 def test_best_checkpoint_without_early_stopping_ranks_by_validation(tmp_path):
     """With records held out but early stopping off, `--best` restores the epoch of best
     robust validation accuracy (never a test-set selection); with nothing held out the
@@ -192,6 +194,7 @@ def test_best_checkpoint_without_early_stopping_ranks_by_validation(tmp_path):
     assert int(state.step) == best_epoch * steps_per_epoch
 
 
+@pytest.mark.slow
 def test_resume_keeps_early_stopping_state(es_run, tmp_path):
     """Drop the last two epochs' checkpoints (as if killed after epoch 2): the resumed run
     retrains them and ends with the same history, selection and parameters."""
@@ -215,6 +218,7 @@ def test_resume_keeps_early_stopping_state(es_run, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_patience_stops_training_and_stays_stopped(tmp_path):
     """With a zero learning rate the model never changes, so the first epoch stays the best
     and patience 2 stops the run after epoch 3; starting it again trains no further."""

@@ -154,6 +154,7 @@ def test_gradient_masking_is_flagged(model_and_data, masking):
     assert "large_eps_not_broken" in _flag_names(r)
 
 
+@pytest.mark.slow
 def test_randomised_model_is_attacked_with_eot_and_flagged(model_and_data):
     f, x, y = model_and_data
 

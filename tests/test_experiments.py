@@ -201,6 +201,7 @@ def test_thresholded_attacks_find_the_exact_worst_case():
 # --------------------------------------------------------------------------- trade-off
 
 
+@pytest.mark.slow
 def test_tradeoff_smoke(tmp_path):
     data = _run("tradeoff", tmp_path)
     for key in ("settings", "models", "references", "blend", "accuracy_vs_eps", "acceptance"):
@@ -299,6 +300,7 @@ def test_digits_balanced_order_nested_and_class_balanced():
     assert dg.saturation_n([10, 20, 40, 80], [0.5, 0.6, 0.8, 0.9]) == 80
 
 
+@pytest.mark.slow
 def test_digits_vmapped_trainer_matches_single_runs():
     """One vmapped program over (ε_train, subset, n, seed) = each configuration trained alone;
     and PGD-AT at ε = 0 is exactly the library's standard() training."""
@@ -411,6 +413,7 @@ def test_tradeoff_digits_smoke(tmp_path):
 # --------------------------------------------------------------------- robust Gaussian
 
 
+@pytest.mark.slow
 def test_robust_gaussian_smoke(tmp_path):
     data = _run("robust_gaussian", tmp_path)
     for key in ("settings", "covariance", "multipliers", "classifiers", "lambda", "acceptance"):
@@ -448,6 +451,7 @@ def test_robust_covariance_closed_form_is_the_stationary_point():
 # ------------------------------------------------------------------ robust overfitting
 
 
+@pytest.mark.slow
 def test_robust_overfitting_smoke(tmp_path):
     data = _run("robust_overfitting", tmp_path)
     _pngs(tmp_path, ["robust_overfitting"])

@@ -368,6 +368,7 @@ def _apply(path: Path, how: str, where: float) -> None:
         path.write_bytes(b"")
 
 
+@pytest.mark.slow
 def test_damaged_run_folders_fail_cleanly_or_use_an_intact_checkpoint(
     smoke_run, saved_params, tmp_path
 ):
@@ -456,6 +457,7 @@ def test_subprocess_one_line(args, smoke_run, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_subprocess_damaged_checkpoint_is_quiet(smoke_run, tmp_path):
     """A truncated array file: one warning line, then the older checkpoint is used; with
     --step on the damaged one, one error line; no asyncio/tensorstore noise either way."""

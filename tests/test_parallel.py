@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
 
@@ -66,6 +67,7 @@ def test_use_cpu_cores_as_devices():
     assert proc.returncode != 0 and "positive integer" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_train_and_eval_on_per_core_devices(tmp_path):
     """`jaxrobust train`/`eval` on 3 CPU devices: a batch of 128 is not divisible by 3, so
     training runs on the 2 devices that divide it; the eval batch (512) too."""

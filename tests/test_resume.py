@@ -12,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from jaxrobust.checkpoint import Checkpointer
 from jaxrobust.train.loop import restore_run
@@ -39,6 +40,7 @@ def _params(out):
     return jax.tree.leaves(state)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_params(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert _train(full).wait(timeout=300) == 0
