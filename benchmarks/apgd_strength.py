@@ -91,13 +91,14 @@ def jax_counts(logits_fn, x, y, eps: float, attack: str, seeds, steps: int, n_ta
 
     run = jax.jit(run)
     clean = jnp.argmax(logits_fn(x), -1) == y
-    counts, examples = [], []
+    counts, examples, masks = [], [], []
     for seed in seeds:
         x_adv = run(jax.random.key(seed))
         robust = clean & (jnp.argmax(logits_fn(x_adv), -1) == y)
         counts.append(int(robust.sum()))
         examples.append(np.asarray(x_adv))
-    return counts, examples
+        masks.append(np.asarray(robust))
+    return counts, examples, masks
 
 
 def torch_counts(model, x, y, eps: float, attack: str, seeds, steps: int, n_targets: int):
@@ -123,6 +124,72 @@ def torch_counts(model, x, y, eps: float, attack: str, seeds, steps: int, n_targ
             robust = (model(xt).argmax(1) == yt) & (model(x_adv).argmax(1) == yt)
         counts.append(int(robust.sum()))
     return counts
+
+
+def jaxrobust_starts(x, eps: float, attack: str, seed: int, n_targets: int) -> list:
+    """The random starts jaxrobust's APGD-CE (one) / APGD-T (one per target) draw from seed.
+
+    The library's own start function (AutoAttack's ℓ∞ form) with the keys `apgd` and
+    `apgd_targeted` derive: restart 0 of key (APGD-CE), of fold_in(key, j) for target j.
+    `_check_starts` confirms the first against the library's result with 0 steps.
+    """
+    from jaxrobust.attacks.apgd import _reference_linf_start
+
+    init = _reference_linf_start(jr.linf(eps)).init
+    key = jax.random.key(seed)
+    keys = [key] if attack == "apgd-ce" else [jax.random.fold_in(key, j) for j in range(n_targets)]
+    return [np.asarray(init(jax.random.fold_in(k, 0), jnp.asarray(x))) for k in keys]
+
+
+def _check_starts(logits_fn, x, y, eps: float) -> None:
+    """With 0 steps APGD-CE returns its start: the benchmark's reconstruction must equal it."""
+    got = apgd(logits_fn, x, y, jax.random.key(0), threat=jr.linf(eps), steps=0).delta
+    want = jaxrobust_starts(x, eps, "apgd-ce", 0, 1)[0]
+    if not np.array_equal(np.asarray(got), want):
+        raise AssertionError("jaxrobust_starts no longer matches the library's APGD start")
+
+
+def torch_counts_same_starts(model, x, y, eps, attack, seeds, steps: int, n_targets: int):
+    """The reference algorithm from jaxrobust's own random starts (common random numbers).
+
+    Runs the reference's `attack_single_run` (the whole APGD iteration) with
+    `x_init = x + start`, inside the outer loop of its `perturb` (1 restart; APGD-T: target
+    j = the (j+2)-th largest clean logit, on the points still robust). With the starts equal,
+    any difference in the robust points is the algorithm's, not the draw's. Returns the robust
+    counts and the robust masks, one per seed.
+    """
+    import torch
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)).long()
+    counts, masks = [], []
+    for seed in seeds:
+        starts = [torch.from_numpy(s) for s in jaxrobust_starts(x, eps, attack, seed, n_targets)]
+        if attack == "apgd-ce":
+            adversary = APGDAttack(
+                model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps, loss="ce", device="cpu"
+            )
+        else:
+            adversary = APGDAttack_targeted(
+                model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps,
+                n_target_classes=n_targets, device="cpu",
+            )  # fmt: skip
+        adversary.init_hyperparam(xt)
+        with torch.no_grad():
+            robust = model(xt).argmax(1) == yt
+        for j, start in enumerate(starts):
+            idx = robust.nonzero().flatten()
+            if idx.numel() == 0:
+                break
+            if attack == "apgd-t":
+                with torch.no_grad():
+                    adversary.y_target = model(xt[idx]).sort(dim=1)[1][:, -(j + 2)]
+            x_init = (xt[idx] + start[idx]).clamp(0.0, 1.0)
+            _, acc, _, _ = adversary.attack_single_run(xt[idx], yt[idx], x_init=x_init)
+            robust[idx[acc == 0]] = False
+        counts.append(int(robust.sum()))
+        masks.append(robust.numpy())
+    return counts, masks
 
 
 def torch_robust_on(model, x, y, x_adv) -> int:
@@ -153,9 +220,10 @@ def measure(label: str, run_dir: Path, eps: float, seeds, steps, n_targets, exam
         "clean_correct": int((np.argmax(logits_fn(x), -1) == y).sum()),
         "attacks": {},
     }
+    _check_starts(logits_fn, x, y, eps)
     for attack in ("apgd-ce", "apgd-t"):
         t0 = time.perf_counter()
-        counts, advs = jax_counts(logits_fn, x, y, eps, attack, seeds, steps, n_targets)
+        counts, advs, masks = jax_counts(logits_fn, x, y, eps, attack, seeds, steps, n_targets)
         res = {"jaxrobust": {"counts": counts, "seconds": time.perf_counter() - t0}}
         res["jaxrobust"]["mean"], res["jaxrobust"]["se"] = _mean_se(counts)
         if model is not None:
@@ -169,6 +237,23 @@ def measure(label: str, run_dir: Path, eps: float, seeds, steps, n_targets, exam
             jm, rm = res["jaxrobust"]["mean"], res["reference"]["mean"]
             res["ratio_jax_over_reference"] = jm / rm if rm else float("nan")
             res["jaxrobust_at_most_reference"] = jm <= rm
+            # Independent draws: the difference of the means and its standard error.
+            res["difference"], res["difference_se"] = (
+                jm - rm,
+                math.hypot(res["jaxrobust"]["se"], res["reference"]["se"]),
+            )
+            t0 = time.perf_counter()
+            same, same_masks = torch_counts_same_starts(
+                model, x, y, eps, attack, seeds, steps, n_targets
+            )
+            paired = {"counts": same, "seconds": time.perf_counter() - t0}
+            paired["mean"], paired["se"] = _mean_se(same)
+            # Per seed, the points one implementation leaves robust and the other breaks.
+            paired["points_differing"] = [
+                int((a != b).sum()) for a, b in zip(masks, same_masks, strict=True)
+            ]
+            paired["jaxrobust_at_most_reference"] = res["jaxrobust"]["mean"] <= paired["mean"]
+            res["reference_same_starts"] = paired
         row["attacks"][attack] = res
         print(label, attack, {k: v for k, v in res.items()}, flush=True)
     return row
@@ -184,7 +269,7 @@ def _markdown(payload: dict) -> str:
         f"{payload['seeds']}, and mean ± standard error over seeds.",
         "",
         "| model | ε | attack | jaxrobust per seed | jaxrobust | reference per seed "
-        "| reference | ratio | jaxrobust ≤ reference |",
+        "| reference | difference | jaxrobust ≤ reference |",
         "|---|---:|---|---|---:|---|---:|---:|---|",
     ]
     for row in payload["results"]:
@@ -199,12 +284,35 @@ def _markdown(payload: dict) -> str:
                 f"{j['mean']:.1f} ± {j['se']:.1f}",
                 " ".join(map(str, ref["counts"])) if ref else "–",
                 f"{ref['mean']:.1f} ± {ref['se']:.1f}" if ref else "–",
-                f"{r['ratio_jax_over_reference']:.3f}" if ref else "–",
+                f"{r['difference']:+.1f} ± {r['difference_se']:.1f}" if ref else "–",
                 ("yes" if r["jaxrobust_at_most_reference"] else "**no**") if ref else "–",
             ]
             lines.append("| " + " | ".join(cells) + " |")
     if not payload.get("torch"):
         lines += ["", "PyTorch peers not installed: jaxrobust only."]
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        "Independent draws differ in their random starts as well as in the algorithm. With "
+        "common random numbers, the reference's iteration (`attack_single_run`) started from "
+        "jaxrobust's own random starts (`x_init`), any difference is the algorithm's:",
+        "",
+        "| model | attack | jaxrobust per seed | reference, same starts, per seed | "
+        "points differing per seed | jaxrobust ≤ reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in payload["results"]:
+        for attack, r in row["attacks"].items():
+            same = r["reference_same_starts"]
+            cells = [
+                row["model"],
+                attack,
+                " ".join(map(str, r["jaxrobust"]["counts"])),
+                " ".join(map(str, same["counts"])),
+                " ".join(map(str, same["points_differing"])),
+                "yes" if same["jaxrobust_at_most_reference"] else "**no**",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -144,4 +144,7 @@ def test_apgd_strength_quick(tmp_path):
                 # The PyTorch copy of the model agrees on jaxrobust's own examples.
                 by_torch = r["jaxrobust"]["counts_by_pytorch_copy"]
                 assert all(abs(a - b) <= 1 for a, b in zip(by_torch, counts, strict=True))
+                # From the same random starts the two algorithms agree point by point.
+                same = r["reference_same_starts"]
+                assert len(same["counts"]) == 2 and max(same["points_differing"]) <= 1
     assert out.with_suffix(".md").read_text().startswith("# APGD strength")
