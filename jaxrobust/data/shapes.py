@@ -618,7 +618,9 @@ class ShapesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=_SKIP_REG
             ),
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.float32),
+                    "image": tfds.features.Tensor(
+                        shape=IMAGE_SHAPE, dtype=np.float32, encoding=tfds.features.Encoding.BYTES
+                    ),
                     "label": tfds.features.ClassLabel(names=CLASS_NAMES),
                     "pattern": tfds.features.Scalar(dtype=np.int64),
                 }
