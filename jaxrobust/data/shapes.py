@@ -189,8 +189,9 @@ def shapes_params(kwargs: Mapping[str, Any] | None = None) -> ShapesParams:
     given = [k for k in _PLANTED_ONLY if k in kwargs]
     if given and not planted:
         raise DatasetError(
-            f"shapes: dataset_kwargs {', '.join(given)} only apply with planted=True "
-            "(set dataset_kwargs.planted=True, or drop them)"
+            f"shapes: dataset_kwargs {', '.join(given)} "
+            f"{'is' if len(given) == 1 else 'are'} only used with planted=True "
+            "(set dataset_kwargs.planted=True, or drop it)"
         )
     return ShapesParams(
         seed=_int(full, "seed", 0, 2**32),
