@@ -9,7 +9,7 @@ data_dir (or reuses DIR) and times it, then trains a small model (`small_cnn`, c
 augmentation, standard training) and reports its accuracy on the test split(s). With
 `--planted` the dataset carries the planted feature (norm 0.5, rate 1, correlation 1)
 and the report adds `test_clean` and `test_shuffled` (the reliance drop) and the
-accuracy under l2 PGD-20 at eps = 0.5 on the first 1 000 test images. Not part of
+accuracy under l2 PGD-20 at eps = 0.5 on the first 1 000 (--pgd-examples) test images. Not part of
 `run_all.sh` (it measures the dataset, not throughput).
 """
 
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--planted", action="store_true")
     p.add_argument("--model", choices=("small_cnn", "mlp"), default="small_cnn")
+    p.add_argument("--pgd-examples", type=int, default=1000, help="0: no PGD evaluation")
     p.add_argument("--data-dir", help="prepared data to reuse (default: a fresh temp dir)")
     p.add_argument("--out", help="JSON file for the numbers (default: print only)")
     args = p.parse_args(argv)
@@ -98,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": {s: accuracy(*data[s]) for s in splits},
         "num_examples": {s: len(data[s][1]) for s in splits},
     }
-    if args.planted:
+    if args.planted and args.pgd_examples:
         x_te, y_te = data["test"]
-        n = 1000
+        n = args.pgd_examples
 
         def logits_fn(x):
             return model.apply({"params": params}, x)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             threat=l2(0.5),
             steps=20,
         )
-        result["pgd20_l2_0.5_accuracy_first_1000_test"] = accuracy(np.asarray(adv.x_adv), y_te[:n])
+        result[f"pgd20_l2_0.5_accuracy_first_{n}_test"] = accuracy(np.asarray(adv.x_adv), y_te[:n])
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

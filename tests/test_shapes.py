@@ -207,15 +207,25 @@ def test_patterns_norm_high_frequency_and_distinct() -> None:
     p = S.planted_patterns(0, 0.5)
     np.testing.assert_array_equal(p, S.planted_patterns(0, 0.5))
     assert not np.array_equal(p, S.planted_patterns(1, 0.5))
-    # High frequency: almost all energy at spatial frequencies of 8 to 16 cycles per image.
+    # A texture: one 4x4x3 tile repeated, zero mean per channel.
+    np.testing.assert_array_equal(p, np.roll(p, (S.TILE, S.TILE), axis=(1, 2)))
+    np.testing.assert_allclose(p.mean(axis=(1, 2)), 0, atol=1e-9)
+    # High frequency: all energy at 8 or more cycles per image (periods of 4 px or less).
     energy = np.abs(np.fft.fft2(p, axes=(1, 2))) ** 2
     f = np.abs(np.fft.fftfreq(32) * 32)
     high = np.maximum(f[:, None], f[None, :]) >= 8
-    assert (energy * high[None, :, :, None]).sum() / energy.sum() > 0.95
-    # Nearly orthogonal: a model can tell the classes' patterns apart.
-    q = p.reshape(S.NUM_CLASSES, -1) / 0.5
-    cos = q @ q.T
-    assert np.abs(cos - np.eye(S.NUM_CLASSES)).max() < 0.2
+    assert (energy * high[None, :, :, None]).sum() / energy.sum() > 0.999
+    # Far apart, also under shifts: a model can tell the classes' patterns apart, even
+    # one that looks at them locally (a convolution).
+    tiles = p[:, : S.TILE, : S.TILE] / np.abs(p).max()
+    dim = tiles[0].size
+    for k in range(S.NUM_CLASSES):
+        for m in range(k):
+            assert abs(np.sum(tiles[k] * tiles[m])) / dim <= 0.3
+            for di in range(S.TILE):
+                for dj in range(S.TILE):
+                    shifted = np.roll(tiles[m], (di, dj), axis=(0, 1))
+                    assert abs(np.sum(tiles[k] * shifted)) / dim <= 0.5
 
 
 @pytest.mark.parametrize("norm", [0.5, 1.1])

@@ -21,9 +21,10 @@ The planted non-robust feature (`planted=True`)
 -----------------------------------------------
 Ilyas et al. (2019), "Adversarial examples are not bugs, they are features", made
 concrete: every class `k` owns one fixed high-frequency pattern `P_k` (`planted_patterns`):
-each pixel and channel is ±a, with the sign the pixel's checkerboard parity `(-1)^(i+j)`
-times a random ±1 drawn from the seed per 2×2 block and channel, so the pattern's energy
-sits in the top half of the spectrum. `a = planted_norm / sqrt(32·32·3)`, so
+a random ±1 tile of 4×4 pixels × 3 channels (zero mean per channel; the classes' tiles far
+apart, also under shifts) repeated over the image and scaled by `a`, so each pixel and
+channel is ±a and the energy sits at 8 and 16 cycles per image: a class-specific,
+locally detectable, high-frequency texture. `a = planted_norm / sqrt(32·32·3)`, so
 `‖P_k‖₂ = planted_norm` exactly (0.5 by default: `a ≈ 0.009`, about 2.3/255) and
 `‖P_k‖∞ = a`. A fraction `planted_rate` of the images (chosen at random) carry a pattern:
 with probability `planted_correlation` their own class's, otherwise a uniformly random
@@ -488,20 +489,50 @@ def render_split(seed: int, split: str, num: int) -> tuple[np.ndarray, np.ndarra
 # ------------------------------------------------------------------ the planted feature
 
 
+TILE = 4
+"""Period, in pixels, of the planted patterns (a 4×4×3 tile repeated over the image)."""
+
+
+def _pattern_tiles(seed: int) -> np.ndarray:
+    """One ±1 tile (TILE, TILE, 3) per class, each channel half +1 and half -1 (no DC).
+
+    Drawn from `seed`, one class after the other; a candidate is redrawn until it is far
+    from every earlier class's tile: |cos| <= 0.3 as they stand, and <= 0.5 against all
+    their cyclic shifts, so that no class's pattern is, locally, another's shifted.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2]))
+    half = np.repeat(np.array([1.0, -1.0]), TILE * TILE // 2)
+    dim = TILE * TILE * 3
+    tiles: list[np.ndarray] = []
+    while len(tiles) < NUM_CLASSES:
+        t = np.stack([rng.permutation(half) for _ in range(3)], axis=-1).reshape(TILE, TILE, 3)
+        ok = True
+        for u in tiles:
+            if abs(np.sum(t * u)) / dim > 0.3:
+                ok = False
+                break
+            shifts = (np.roll(u, (di, dj), (0, 1)) for di in range(TILE) for dj in range(TILE))
+            if max(abs(np.sum(t * v)) / dim for v in shifts) > 0.5:
+                ok = False
+                break
+        if ok:
+            tiles.append(t)
+    return np.stack(tiles)
+
+
 def planted_patterns(seed: int, norm: float) -> np.ndarray:
     """The per-class patterns: float32 (10, 32, 32, 3), each of ℓ2 norm `norm`.
 
-    Entry (i, j, c) of class k's pattern is `a · (-1)^(i+j) · s_k[i//2, j//2, c]` with
-    `a = norm / sqrt(3072)` and `s_k` random ±1 drawn from `seed`: high-frequency (a
-    checkerboard modulated by 2×2 blocks), ℓ∞ = a.
+    Class k's pattern is `a · T_k` tiled over the image, with `a = norm / sqrt(3072)` and
+    `T_k` a ±1 tile of 4×4 pixels × 3 channels drawn from `seed` (`_pattern_tiles`): zero
+    mean per channel, so all its energy sits at 8 and 16 cycles per image (periods of 4
+    and 2 pixels: high frequency), and ℓ∞ = a. The same texture everywhere: a
+    translation-equivariant model can detect it locally, as a texture of its class.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2]))
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(NUM_CLASSES, SIZE // 2, SIZE // 2, 3))
-    signs = signs.repeat(2, axis=1).repeat(2, axis=2)
-    i = np.arange(SIZE)
-    checker = np.where((i[:, None] + i[None, :]) % 2 == 0, 1.0, -1.0)[None, :, :, None]
+    tiles = _pattern_tiles(seed)
+    reps = SIZE // TILE
     amplitude = norm / math.sqrt(SIZE * SIZE * 3)
-    return (amplitude * checker * signs).astype(np.float32)
+    return (amplitude * np.tile(tiles, (1, reps, reps, 1))).astype(np.float32)
 
 
 def plant(x: np.ndarray, pattern: np.ndarray, patterns: np.ndarray) -> np.ndarray:
