@@ -68,7 +68,7 @@ Setting a `planted_*` parameter without `planted=True` is an error, not a silent
 
 Measured on the development machine (2 CPU cores shared with other jobs, load average 3
 to 7, so an idle machine is faster): generating the default 20 000 + 5 000 images takes
-7 to 10 s (`render_split`), preparing them with tfds as array_record 18 to 19 s in all
+6.5 to 10 s (`render_split`), preparing them with tfds as array_record 18 to 19 s in all
 (`prepare("shapes")`, three runs; images stored as raw float32 bytes, 254 MB on disk:
 tfds' default float lists made it 55 s).
 
