@@ -37,7 +37,10 @@ class _Interrupted(Exception):
 
 def _default_out(cfg) -> Path:
     eps = f"{cfg.eps:g}" if not cfg.objective.startswith("spatial") else "spatial"
-    return Path("runs") / f"{cfg.dataset}_{cfg.objective}_{cfg.threat}{eps}_seed{cfg.seed}"
+    # Runs on the same dataset with other parameters get their own directory.
+    params = "".join(f"-{k}{v}" for k, v in sorted(cfg.dataset_kwargs.to_dict().items()))
+    dataset = f"{cfg.dataset}{params}"
+    return Path("runs") / f"{dataset}_{cfg.objective}_{cfg.threat}{eps}_seed{cfg.seed}"
 
 
 # ----------------------------------------------------------------------- argument types
@@ -273,6 +276,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "checkpoint_step": int(state.step),
         "checkpoint_ranked_by": best_checkpoint_metric(cfg) if args.best else None,
         "dataset": cfg.dataset,
+        "dataset_kwargs": run.dataset_kwargs or {},
         "split": args.split,
         "num_examples": len(y),
         "threat": threat,
@@ -332,7 +336,14 @@ def _load_split_of_run(run: Any, split: str, limit: int | None) -> tuple[Any, An
                 "(validation.examples = 0)"
             )
         split, records = "train", run.validation_records
-    return load_split(run.cfg.dataset, split, data_dir=run.data_dir, limit=limit, records=records)
+    return load_split(
+        run.cfg.dataset,
+        split,
+        data_dir=run.data_dir,
+        limit=limit,
+        records=records,
+        dataset_kwargs=run.dataset_kwargs,
+    )
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:

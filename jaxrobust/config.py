@@ -29,6 +29,9 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.dataset = "digits"
+    # The dataset's parameters (free-form, checked by the dataset), e.g. for shapes
+    # `--set dataset_kwargs.planted=True --set dataset_kwargs.planted_norm=0.25`.
+    c.dataset_kwargs = ml_collections.ConfigDict()
     c.data_dir = ""  # "" = $JAXROBUST_DATA_DIR or ~/.cache/jaxrobust/tensorflow_datasets
     c.augment = False
 
@@ -121,11 +124,16 @@ def _parse_value(text: str) -> Any:
         return text  # a bare string such as dataset=cifar10
 
 
+# Free-form sub-dicts: any key may be set below them (their consumer checks the keys).
+FREE_FORM = (("model", "kwargs"), ("dataset_kwargs",))
+
+
 def _known_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     keys = []
     for k, v in cfg.items():
         path = f"{prefix}{k}"
-        if isinstance(v, ml_collections.ConfigDict) and k != "kwargs":
+        free = tuple(path.split(".")) in FREE_FORM
+        if isinstance(v, ml_collections.ConfigDict) and not free:
             keys.extend(_known_keys(v, path + "."))
         else:
             keys.append(path)
@@ -135,8 +143,8 @@ def _known_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 def set_value(cfg: ml_collections.ConfigDict, path: str, value: Any) -> None:
     """Set a dotted `path` in `cfg`, raising `ConfigError` for unknown keys or bad types.
 
-    Keys under `model.kwargs` are free-form (passed to the model constructor, which checks
-    them); every other key must already exist.
+    Keys under `model.kwargs` and `dataset_kwargs` are free-form (passed to the model
+    constructor or the dataset, which check them); every other key must already exist.
     """
     parts = path.split(".")
     node = cfg
@@ -144,10 +152,10 @@ def set_value(cfg: ml_collections.ConfigDict, path: str, value: Any) -> None:
         if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
             raise ConfigError(_unknown(cfg, path))
         node = node[part]
-        if parts[: i + 1] == ["model", "kwargs"]:
+        if tuple(parts[: i + 1]) in FREE_FORM:
             break
     leaf = parts[-1]
-    free_form = parts[:-1] == ["model", "kwargs"]
+    free_form = tuple(parts[:-1]) in FREE_FORM
     if leaf not in node and not free_form:
         raise ConfigError(_unknown(cfg, path))
     if free_form:
@@ -207,10 +215,12 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
 def _merge(cfg: ml_collections.ConfigDict, data: dict, prefix: str = "") -> None:
     for k, v in data.items():
         path = f"{prefix}{k}"
-        if isinstance(v, dict) and path != "model.kwargs":
+        if isinstance(v, dict) and tuple(path.split(".")) not in FREE_FORM:
             _merge(cfg, v, path + ".")
-        elif isinstance(v, dict):
+        elif isinstance(v, dict) and path == "model.kwargs":
             cfg.model.kwargs = ml_collections.ConfigDict(v)
+        elif isinstance(v, dict):
+            cfg.dataset_kwargs = ml_collections.ConfigDict(v)
         else:
             set_value(cfg, path, v)
 
@@ -321,6 +331,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"seed must be < 2**32, got {cfg.seed}")
     if not cfg.dataset or not isinstance(cfg.dataset, str):
         raise ConfigError(f"dataset must be a dataset name, got {cfg.dataset!r}")
+    if not isinstance(cfg.dataset_kwargs, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"dataset_kwargs must be a mapping of the dataset's parameters, such as "
+            f'{{"planted": True}}, got {cfg.dataset_kwargs!r}'
+        )
     if cfg.optimizer.name not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"unknown optimizer {cfg.optimizer.name!r}; known: adam, adamw, sgd")
     if cfg.optimizer.schedule not in ("constant", "piecewise", "cosine", "cyclic"):

@@ -139,7 +139,14 @@ def test_concurrent_prepare_is_safe(tmp_path: Path) -> None:
 
 
 def test_registry_entries() -> None:
-    assert set(jd.DATASETS) == {"digits", "mnist", "fashion_mnist", "cifar10", "svhn_cropped"}
+    assert set(jd.DATASETS) == {
+        "digits",
+        "shapes",
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "svhn_cropped",
+    }
     for name, info in jd.DATASETS.items():
         assert info.name == name
         assert len(info.mean) == len(info.std) == info.image_shape[-1]

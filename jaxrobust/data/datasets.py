@@ -2,9 +2,16 @@
 
 Every dataset is read through tfds' `as_data_source`, a random-access view of
 array_record files that needs no TensorFlow. `digits` is embedded (built from
-scikit-learn, offline, in well under a second); the others need a one-time download
-through tensorflow-datasets on a machine with network access. Prepared data lives under
-`data_dir`, by default `$JAXROBUST_DATA_DIR` or `~/.cache/jaxrobust/tensorflow_datasets`.
+scikit-learn, offline, in well under a second) and `shapes` is generated (offline, in
+seconds); the others need a one-time download through tensorflow-datasets on a machine
+with network access.
+
+Some datasets take parameters, `dataset_kwargs` (a mapping; `shapes`: seed, planted
+feature, sizes, see `jaxrobust.data.shapes`). Each set of parameters is prepared into its
+own folder; a dataset without parameters refuses non-empty `dataset_kwargs`.
+
+Prepared data lives under `data_dir`, by default `$JAXROBUST_DATA_DIR` or
+`~/.cache/jaxrobust/tensorflow_datasets`.
 
 Preparation is guarded by an exclusive file lock per dataset, so several processes
 (pytest-xdist workers, multi-host jobs on a shared file system) can ask for the same
@@ -19,7 +26,7 @@ import io
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -55,6 +62,7 @@ class DatasetInfo:
         i.e. whether augmentation adds random flips to the random crop.
       splits: the split names.
       source_url: where tensorflow-datasets downloads it from (None when offline).
+      kwargs: the `dataset_kwargs` it accepts (empty: none).
     """
 
     name: str
@@ -68,6 +76,7 @@ class DatasetInfo:
     flip: bool = False
     splits: tuple[str, ...] = ("train", "test")
     source_url: str | None = None
+    kwargs: tuple[str, ...] = ()
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -80,6 +89,31 @@ DATASETS: dict[str, DatasetInfo] = {
         std=(0.3761,),
         augment=False,
         offline=True,
+    ),
+    "shapes": DatasetInfo(
+        name="shapes",
+        tfds_name="shapes",
+        image_shape=(32, 32, 3),
+        num_classes=10,
+        # Of the default train split (seed 0, 20 000 images; the planted pattern moves
+        # them by less than 1e-4).
+        mean=(0.4971, 0.4967, 0.5043),
+        std=(0.2712, 0.2706, 0.2723),
+        # Positions are random already, and a shift would move the planted pattern.
+        augment=False,
+        offline=True,
+        # The ell is chiral: its mirror image is no rotation of it.
+        flip=False,
+        # With planted=True also "test_clean" and "test_shuffled".
+        kwargs=(
+            "seed",
+            "planted",
+            "planted_norm",
+            "planted_rate",
+            "planted_correlation",
+            "num_train",
+            "num_test",
+        ),
     ),
     "mnist": DatasetInfo(
         name="mnist",
@@ -154,14 +188,51 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     return (Path(data_dir).expanduser() if data_dir is not None else default_data_dir()).absolute()
 
 
-def _builder(info: DatasetInfo, root: Path) -> Any:
+DatasetKwargs = Mapping[str, Any] | None
+"""Parameters of a dataset (`DatasetInfo.kwargs` names those it accepts); None = none."""
+
+
+def check_kwargs(name: str, dataset_kwargs: DatasetKwargs = None) -> dict[str, Any]:
+    """`dataset_kwargs` of dataset `name` as a plain dict, checked.
+
+    Raises:
+      DatasetError: unknown dataset, a dataset that takes no parameters given some, or
+        (for `shapes`) an unknown parameter or a bad value, named in the message.
+    """
+    info = get_info(name)
+    if dataset_kwargs is None:
+        return {}
+    if not isinstance(dataset_kwargs, Mapping):
+        raise DatasetError(
+            f"dataset_kwargs must be a mapping of parameter names to values, got {dataset_kwargs!r}"
+        )
+    kwargs = dict(dataset_kwargs)
+    if kwargs and not info.kwargs:
+        raise DatasetError(
+            f"dataset {name!r} takes no dataset_kwargs, got {kwargs}; datasets with "
+            f"parameters: {', '.join(n for n, i in sorted(DATASETS.items()) if i.kwargs)}"
+        )
+    if info.tfds_name == "shapes":
+        from jaxrobust.data.shapes import shapes_params
+
+        shapes_params(kwargs)  # raises DatasetError naming a bad parameter
+    return kwargs
+
+
+def _builder(info: DatasetInfo, root: Path, dataset_kwargs: DatasetKwargs = None) -> Any:
     """A fresh tfds builder reading/writing under `root` (fresh: it reads what is on disk)."""
     import tensorflow_datasets as tfds
 
     from jaxrobust.data.digits import TFDS_NAME, DigitsBuilder
+    from jaxrobust.data.shapes import TFDS_NAME as SHAPES_NAME
+    from jaxrobust.data.shapes import ShapesBuilder, shapes_params
 
-    if info.tfds_name == TFDS_NAME:  # Direct, so it works even if tfds skipped registering it.
+    kwargs = check_kwargs(info.name, dataset_kwargs)
+    # Direct, so they work even if tfds skipped registering them.
+    if info.tfds_name == TFDS_NAME:
         return DigitsBuilder(data_dir=os.fspath(root))
+    if info.tfds_name == SHAPES_NAME:
+        return ShapesBuilder.for_params(shapes_params(kwargs), data_dir=os.fspath(root))
     return tfds.builder(info.tfds_name, data_dir=os.fspath(root))
 
 
@@ -170,9 +241,15 @@ def _prepared(builder: Any) -> bool:
     return bool(Path(builder.data_path).is_dir() and builder.is_prepared())
 
 
-def is_prepared(name: str, data_dir: str | os.PathLike[str] | None = None) -> bool:
-    """Whether dataset `name` is already prepared under `data_dir` (never downloads)."""
-    return _prepared(_builder(get_info(name), resolve_data_dir(data_dir)))
+def is_prepared(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    dataset_kwargs: DatasetKwargs = None,
+) -> bool:
+    """Whether dataset `name` (with `dataset_kwargs`) is already prepared under `data_dir`
+    (never downloads)."""
+    return _prepared(_builder(get_info(name), resolve_data_dir(data_dir), dataset_kwargs))
 
 
 @contextlib.contextmanager
@@ -248,7 +325,8 @@ def _offline_message(info: DatasetInfo, root: Path, reason: str) -> str:
         "data_dir='DIR')\"\n"
         f"  (or `tfds build {info.tfds_name} --file_format=array_record --data_dir=DIR`),\n"
         f"copy DIR here and pass data_dir=DIR or set {DATA_DIR_ENV}=DIR.\n"
-        "Offline, use dataset=digits: it is embedded and needs no download."
+        "Offline, use dataset=digits (embedded) or dataset=shapes (generated): they need "
+        "no download."
     )
 
 
@@ -257,14 +335,17 @@ def prepare(
     data_dir: str | os.PathLike[str] | None = None,
     *,
     download: bool = True,
+    dataset_kwargs: DatasetKwargs = None,
 ) -> Path:
     """Make sure dataset `name` is prepared (array_record files) under `data_dir`.
 
-    Safe to call from several processes at once. `digits` always builds locally; other
-    datasets are downloaded through tensorflow-datasets unless `download=False`.
+    Safe to call from several processes at once. `digits` and `shapes` always build
+    locally; other datasets are downloaded through tensorflow-datasets unless
+    `download=False`. `dataset_kwargs`: the dataset's parameters (`DatasetInfo.kwargs`).
 
     Returns:
-      The prepared dataset's directory (`data_dir/tfds_name/version`).
+      The prepared dataset's directory (`data_dir/tfds_name/version`, or
+      `data_dir/tfds_name/config/version` for a dataset with parameters).
 
     Raises:
       DatasetError: unknown name, or a download dataset that is not prepared and cannot
@@ -272,7 +353,7 @@ def prepare(
     """
     info = get_info(name)
     root = resolve_data_dir(data_dir)
-    builder = _builder(info, root)
+    builder = _builder(info, root, dataset_kwargs)
     if _prepared(builder):
         return Path(builder.data_dir)
     if not info.offline:
@@ -288,7 +369,8 @@ def prepare(
     except OSError as e:
         raise DatasetError(f"cannot create data_dir {root} to prepare {name!r}: {e}") from e
     with _file_lock(root / f".{info.tfds_name}.jaxrobust.lock"):
-        builder = _builder(info, root)  # Re-read: another process may have just prepared it.
+        # Re-read: another process may have just prepared it.
+        builder = _builder(info, root, dataset_kwargs)
         if not _prepared(builder):
             try:
                 with _quiet() if info.offline else contextlib.nullcontext():
@@ -300,7 +382,7 @@ def prepare(
                 if isinstance(e, ModuleNotFoundError) and e.name:
                     reason += f" (tensorflow-datasets needs `pip install {e.name}` to download)"
                 raise DatasetError(_offline_message(info, root, reason)) from e
-            builder = _builder(info, root)
+            builder = _builder(info, root, dataset_kwargs)
     return Path(builder.data_dir)
 
 
@@ -310,13 +392,18 @@ def data_source(
     data_dir: str | os.PathLike[str] | None = None,
     *,
     download: bool = True,
+    dataset_kwargs: DatasetKwargs = None,
 ) -> Any:
     """A random-access source of split `split` of dataset `name`, preparing it if needed.
+
+    `dataset_kwargs`: the dataset's parameters (`DatasetInfo.kwargs`), e.g.
+    `{"planted": True}` for `shapes`.
 
     Returns:
       tfds' `ArrayRecordDataSource`: `len(src)` records, `src[i]` a dict
       `{"image": np.ndarray (H, W, C), "label": int}` (uint8 images for downloaded
-      datasets, float32 in [0, 1] for digits). See `loader.to_arrays` for the canonical
+      datasets, float32 in [0, 1] for digits and shapes; shapes records also have a
+      `pattern` field). See `loader.to_arrays` for the canonical
       float32 form.
 
     Raises:
@@ -325,8 +412,8 @@ def data_source(
     """
     info = get_info(name)
     root = resolve_data_dir(data_dir)
-    prepare(name, root, download=download)
-    builder = _builder(info, root)
+    prepare(name, root, download=download, dataset_kwargs=dataset_kwargs)
+    builder = _builder(info, root, dataset_kwargs)
     available = list(builder.info.splits.keys())
     base = str(split).split("[", 1)[0]  # tfds slicing syntax, e.g. "train[:10%]".
     if base not in available:

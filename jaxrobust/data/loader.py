@@ -19,7 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from jaxrobust.data.datasets import data_source, get_info
+from jaxrobust.data.datasets import DatasetKwargs, data_source, get_info
 from jaxrobust.errors import ConfigError
 
 LoaderState = dict[str, Any]
@@ -253,6 +253,7 @@ def make_loader(
     shard_count: int = 1,
     read_options: grain.ReadOptions | None = None,
     records: range | None = None,
+    dataset_kwargs: DatasetKwargs = None,
 ) -> grain.DataLoader:
     """A batching `grain.DataLoader` over split `split` of dataset `name`.
 
@@ -277,6 +278,8 @@ def make_loader(
       records: a contiguous range of record indices (step 1) to draw from, e.g.
         `range(0, n - 100)` to hold the last 100 records out for validation; None means
         the whole split. Shuffling, sharding and resume work within the range.
+      dataset_kwargs: the dataset's parameters (`DatasetInfo.kwargs`), e.g.
+        `{"planted": True}` for `shapes`; None for none.
 
     Returns:
       A loader whose iterator yields `{"image": float32 (B, H, W, C) in [0, 1],
@@ -298,7 +301,7 @@ def make_loader(
             f"shard_count={shard_count}"
         )
     info = get_info(name)
-    source = data_source(name, split, data_dir)
+    source = data_source(name, split, data_dir, dataset_kwargs=dataset_kwargs)
     shard_options = grain.sharding.ShardOptions(
         shard_index=shard_index, shard_count=shard_count, drop_remainder=drop_remainder
     )
@@ -367,6 +370,7 @@ def load_split(
     data_dir: str | os.PathLike[str] | None = None,
     limit: int | None = None,
     records: range | None = None,
+    dataset_kwargs: DatasetKwargs = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A whole split in memory, in record order (for evaluation).
 
@@ -376,6 +380,8 @@ def load_split(
       limit: keep only the first `limit` records (of `records`, when given).
       records: a contiguous range of record indices (step 1), e.g. the held-out tail
         `range(n - 100, n)` of a training split; None means the whole split.
+      dataset_kwargs: the dataset's parameters (`DatasetInfo.kwargs`), e.g.
+        `{"planted": True}` for `shapes`; None for none.
 
     Returns:
       `(x, y)`: x float32 (N, H, W, C) in [0, 1], y int32 (N,).
@@ -384,7 +390,7 @@ def load_split(
       ConfigError: `records` is not a non-empty step-1 range inside the split.
     """
     info = get_info(name)
-    source = data_source(name, split, data_dir)
+    source = data_source(name, split, data_dir, dataset_kwargs=dataset_kwargs)
     selected = check_records(records, len(source), f"{name}/{split}")
     n = len(selected) if limit is None else max(0, min(int(limit), len(selected)))
     x = np.empty((n, *info.image_shape), dtype=np.float32)

@@ -121,7 +121,11 @@ class _Run:
         self.cfg = cfg
         self.info = get_info(cfg.dataset)
         self.data_dir = cfg.data_dir or None
-        num_records = len(data_source(cfg.dataset, "train", self.data_dir))
+        # The dataset's parameters (e.g. shapes' planted feature), for every read.
+        self.dataset_kwargs = cfg.dataset_kwargs.to_dict() or None
+        num_records = len(
+            data_source(cfg.dataset, "train", self.data_dir, dataset_kwargs=self.dataset_kwargs)
+        )
         num_validation = cfg.validation.examples
         if num_validation >= num_records:
             raise ConfigError(
@@ -216,9 +220,9 @@ def _first_line(e: BaseException) -> str:
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k != "kwargs":
+        if isinstance(v, dict) and k not in ("kwargs", "dataset_kwargs"):
             out.update(_flatten(v, f"{prefix}{k}."))
-        elif k == "kwargs":
+        elif k in ("kwargs", "dataset_kwargs"):
             out[f"{prefix}{k}"] = ml_collections.ConfigDict(v)
         else:
             out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
@@ -250,6 +254,7 @@ class _ShardBatches:
                     seed=cfg.seed,
                     augment=cfg.augment,
                     data_dir=run.data_dir,
+                    dataset_kwargs=run.dataset_kwargs,
                     shard_index=i,
                     shard_count=count,
                     records=run.train_records,
@@ -373,7 +378,9 @@ def train(
     t_start = time.perf_counter()
     run = _Run(cfg, cfg.batch_size)
     state = run.state
-    x_test, y_test = load_split(cfg.dataset, "test", data_dir=run.data_dir)
+    x_test, y_test = load_split(
+        cfg.dataset, "test", data_dir=run.data_dir, dataset_kwargs=run.dataset_kwargs
+    )
     step_fn = objectives.make_train_step(build_objective(cfg, run.info))
     batches = _ShardBatches(cfg, run, num_shards)
     during = AccuracyEvaluator(
@@ -390,16 +397,30 @@ def train(
     during_sets = {"test": (x_test[:n_during], y_test[:n_during])}
     if cfg.validation.examples:
         during_sets["validation"] = load_split(
-            cfg.dataset, "train", data_dir=run.data_dir, records=run.validation_records
+            cfg.dataset,
+            "train",
+            data_dir=run.data_dir,
+            records=run.validation_records,
+            dataset_kwargs=run.dataset_kwargs,
         )
     n_train_subset = min(cfg.eval.during_train_examples, run.num_train)
     if n_train_subset:
         during_sets["train_subset"] = load_split(
-            cfg.dataset, "train", data_dir=run.data_dir, limit=n_train_subset
+            cfg.dataset,
+            "train",
+            data_dir=run.data_dir,
+            limit=n_train_subset,
+            dataset_kwargs=run.dataset_kwargs,
         )
     es = cfg.early_stopping
     eval_eps = cfg.eval.eps or cfg.eps
-    co_batch = load_split(cfg.dataset, "train", data_dir=run.data_dir, limit=cfg.batch_size)
+    co_batch = load_split(
+        cfg.dataset,
+        "train",
+        data_dir=run.data_dir,
+        limit=cfg.batch_size,
+        dataset_kwargs=run.dataset_kwargs,
+    )
     check_co = cfg.objective == "fast_at" and cfg.eval.co_check
 
     config_json = _as_json_config(cfg)
@@ -600,6 +621,7 @@ def train(
     threat_name = cfg.eval.threat or cfg.threat
     metrics_out = {
         "dataset": cfg.dataset,
+        "dataset_kwargs": run.dataset_kwargs or {},
         "model": cfg.model.name,
         "objective": cfg.objective,
         "threat": threat_name,
