@@ -37,7 +37,9 @@ class _Interrupted(Exception):
 
 def _default_out(cfg) -> Path:
     eps = f"{cfg.eps:g}" if not cfg.objective.startswith("spatial") else "spatial"
-    return Path("runs") / f"{cfg.dataset}_{cfg.objective}_{cfg.threat}{eps}_seed{cfg.seed}"
+    # A derived dataset's name holds its folder's path: name the run after the folder.
+    dataset = Path(cfg.dataset.removeprefix("derived:")).name or "derived"
+    return Path("runs") / f"{dataset}_{cfg.objective}_{cfg.threat}{eps}_seed{cfg.seed}"
 
 
 # ----------------------------------------------------------------------- argument types
