@@ -641,21 +641,25 @@ def build_dataset(
         }
 
     def load(i: int) -> dict[str, np.ndarray] | None:
+        """Chunk i from disk; None when missing or damaged (then computed again)."""
         path = _chunk_path(out, i)
         if not path.exists():
             return None
         try:
             with np.load(path) as z:
-                if str(z["params_digest"]) != params_digest:
-                    raise ConfigError(
-                        f"{path} was built with other parameters than {build_path} records; "
-                        "remove it (or the whole folder) to rebuild"
-                    )
-                return {k: z[k] for k in ("x", "label", "success", "value", "index")}
-        except (OSError, ValueError, KeyError):  # a damaged chunk: compute it again
+                digest = str(z["params_digest"])
+                arrays = {k: z[k] for k in ("x", "label", "success", "value", "index")}
+        except (OSError, ValueError, KeyError, EOFError):
             return None
+        if digest != params_digest:
+            raise ConfigError(
+                f"{path} was built with other parameters than {build_path} records; "
+                "remove it (or the whole folder) to rebuild"
+            )
+        return arrays
 
-    todo = [i for i in range(num_chunks) if not _chunk_path(out, i).exists()]
+    chunks = [load(i) for i in range(num_chunks)]
+    todo = [i for i, c in enumerate(chunks) if c is None]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -666,18 +670,30 @@ def build_dataset(
     for i in todo:
         if max_chunks is not None and new >= max_chunks:
             break
-        _save_atomic_npz(_chunk_path(out, i), params_digest=np.asarray(params_digest), **compute(i))
+        chunks[i] = compute(i)
+        _save_atomic_npz(_chunk_path(out, i), params_digest=np.asarray(params_digest), **chunks[i])
         new += 1
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
-    chunks = [load(i) for i in range(num_chunks)]
     done = sum(c is not None for c in chunks)
     if done < num_chunks:
         return {"complete": False, "chunks_done": done, "num_chunks": num_chunks}
 
+    from jaxrobust.data.derived import INFO_FILE, derived_name
+
+    if new == 0 and (out / INFO_FILE).is_file():  # finished before: leave it as it is
+        meta = json.loads((out / INFO_FILE).read_text())
+        return {
+            "complete": True,
+            "chunks_done": done,
+            "num_chunks": num_chunks,
+            "name": derived_name(out),
+            "summary": meta.get("summary"),
+            "provenance": meta.get("provenance"),
+        }
     cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     if not np.array_equal(cat["index"], np.arange(n)):
         raise ConfigError(f"the chunks in {out / CHUNKS_DIR} do not cover the split in order")
