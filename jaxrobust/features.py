@@ -401,7 +401,10 @@ def _resolve_source(source: Any, kind: str, source_name: str | None) -> _Source:
         )
     fn = as_logits_fn(source)
     leaves = jax.tree.leaves(fn)
-    digest = _digest(leaves) if leaves else f"callable:{source!r:.60}"
+    # A function that carries no weights as pytree leaves (a closure) cannot be digested:
+    # its name stands in (give `source_name`, or its repr, which differs between
+    # processes, so that a resumed build would refuse the chunks of an earlier process).
+    digest = _digest(leaves) if leaves else f"callable:{source_name or repr(source):.80}"
     return _Source(fn, source_name or repr(source)[:200], digest, None)
 
 
@@ -441,6 +444,13 @@ def _summary(kind: str, y_true: np.ndarray, c: dict[str, np.ndarray], x: np.ndar
         )
     else:
         err = c["value"]
+        # How far the inversions are from the inputs whose features they match: a
+        # representation that (nearly) determines its input gives back the input itself.
+        dist = np.linalg.norm((c["x"] - x).reshape(n, -1), axis=1)
+        out.update(
+            mean_l2_distance_to_original=float(np.mean(dist)),
+            median_l2_distance_to_original=float(np.median(dist)),
+        )
         out.update(
             relative_feature_error_mean=float(np.mean(err)),
             relative_feature_error_median=float(np.median(err)),
@@ -493,7 +503,10 @@ def build_dataset(
       kind: "d_rand", "d_det" (targeted ℓ2 PGD, `relabelled_adversarial`), "d_robust" or
         "d_nonrobust" (inversion, `d_robust_batch`; the name says which kind of source).
       source: a training-run directory (`jaxrobust.load_run`), or a `logits_fn` (d_rand,
-        d_det) / `features_fn` (d_robust, d_nonrobust).
+        d_det) / `features_fn` (d_robust, d_nonrobust). The provenance digests the
+        weights of a run or of an adapted model (`as_logits_fn(module, variables)`,
+        `as_features_fn`); a closure has none to digest: name it with `source_name` so
+        that a build resumed in another process recognises it.
       out_dir: the dataset's folder.
       dataset: the source dataset (default: the run's; "digits" for a function).
       data_dir: where the source dataset is prepared.
