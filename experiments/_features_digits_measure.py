@@ -14,6 +14,8 @@ Steps (each reuses what an earlier call left in WORK_DIR):
   inspect   ℓ2 distances of the D_R / D_NR inversions to their originals.
   train     a fresh standard model (main job config, objective=standard) on each, tested
             on the original digits test set.
+  bottleneck  D_R / D_NR from MLPs with a 32-unit penultimate layer (standard and PGD-AT
+            sources), and standard models trained on them.
 """
 
 from __future__ import annotations
@@ -149,12 +151,63 @@ def inspect(work: Path, results: dict) -> None:
         out[kind] = {"mean_l2": float(np.mean(d)), "median_l2": float(np.median(d)), "n": len(x)}
 
 
+BOTTLENECK = (512, 32)  # a penultimate layer narrower than the 64 pixels
+
+
+def bottleneck(work: Path, results: dict) -> None:
+    """D_R / D_NR from MLPs whose penultimate layer (32 units) cannot determine the 64
+    pixels: standard and PGD-AT sources, the inversions, and standard models trained on
+    them (clean and ℓ∞ 0.1 PGD accuracy on the original test set)."""
+    out = results.setdefault("bottleneck", {"hidden": list(BOTTLENECK)})
+    x, _ = load_split("digits", "train")
+    for kind, objective in (("d_robust", "pgd_at"), ("d_nonrobust", "standard")):
+        cfg = default_config()
+        cfg.objective = objective
+        cfg.model.kwargs.hidden = BOTTLENECK
+        src = work / f"source_{objective}_b32"
+        m = _train(cfg, src)
+        r = F.build_dataset(
+            kind,
+            src,
+            work / f"{kind}_b32",
+            chunk_size=256,
+            seed=0,
+            steps=INV_STEPS,
+            step_size=INV_STEP_SIZE,
+            tol=TOL,
+            start="noise",
+        )
+        xi, _ = load_split(r["name"], "train")
+        d = np.linalg.norm((xi - x).reshape(len(x), -1), axis=1)
+        tcfg = default_config()
+        tcfg.objective = "standard"
+        tcfg.dataset = r["name"]
+        t = _train(tcfg, work / f"trained_on_{kind}_b32")
+        out[kind] = {
+            "source": {
+                "objective": objective,
+                "clean_accuracy": m["clean_accuracy"],
+                "robust_accuracy_linf_0.1": m["robust_accuracy"],
+            },
+            "summary": r["summary"],
+            "mean_l2_distance_to_original": float(np.mean(d)),
+            "trained_on": {
+                "test_accuracy_original_digits": t["clean_accuracy"],
+                "robust_accuracy_linf_0.1": t["robust_accuracy"],
+                "n_test": 360,
+                "n_train": 1437,
+            },
+        }
+        print(kind, json.dumps(out[kind]), flush=True)
+
+
 STEPS = {
     "sources": sources,
     "sweep": sweep,
     "build": build,
     "inspect": inspect,
     "train": train_on,
+    "bottleneck": bottleneck,
 }
 
 

@@ -15,8 +15,9 @@ Are Features": training sets whose labels or inputs come from a source model's f
 
 Each batch function is pure and jitted (compiled once per shape and static configuration;
 the model is an argument, so every checkpoint of one architecture shares the program),
-works per example (the same example gets the same result in any batch position of a
-sharded batch), and validates concrete inputs at once (`InputError`).
+works per example (example i draws its randomness from fold_in(key, i), so a batch
+sharded over devices gives the results of one device), and validates concrete inputs at
+once (`InputError`).
 
 `build_dataset` runs a construction over a whole training split in fixed-size chunks,
 saving each finished chunk atomically so that an interrupted build resumes where it
@@ -349,6 +350,9 @@ CHUNKS_DIR = "chunks"
 
 
 def _git_commit() -> str | None:
+    """HEAD of the jaxrobust checkout this module runs from (None for an installed copy)."""
+    if not (Path(__file__).parent.parent / ".git").exists():
+        return None
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -528,6 +532,10 @@ def build_dataset(
       A summary dict: "complete" (bool), "chunks_done", "num_chunks", and when complete
       "name" (the dataset name), "summary" (the construction's statistics) and
       "provenance".
+
+    One process writes the folder (multi-host builds are not supported); the chunks
+    themselves are sharded over the process's devices when `chunk_size` is a multiple of
+    their number.
 
     Raises:
       ConfigError: parameters differ from the build already in `out_dir`; a bad kind,
