@@ -37,9 +37,11 @@ class _Interrupted(Exception):
 
 def _default_out(cfg) -> Path:
     eps = f"{cfg.eps:g}" if not cfg.objective.startswith("spatial") else "spatial"
-    # Runs on the same dataset with other parameters get their own directory.
+    # A derived dataset's name holds its folder's path: name the run after the folder. Runs
+    # on the same dataset with other parameters get their own directory.
+    dataset = Path(cfg.dataset.removeprefix("derived:")).name or "derived"
     params = "".join(f"-{k}{v}" for k, v in sorted(cfg.dataset_kwargs.to_dict().items()))
-    dataset = f"{cfg.dataset}{params}"
+    dataset = f"{dataset}{params}"
     return Path("runs") / f"{dataset}_{cfg.objective}_{cfg.threat}{eps}_seed{cfg.seed}"
 
 

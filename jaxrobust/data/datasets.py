@@ -167,12 +167,21 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def get_info(name: str) -> DatasetInfo:
-    """The registry entry for `name`; raises `DatasetError` listing the known names."""
+    """The registry entry for `name`; raises `DatasetError` listing the known names.
+
+    A name `"derived:<folder>"` is a derived dataset stored in that folder
+    (`jaxrobust.data.derived`), described by the folder's own metadata."""
+    from jaxrobust.data import derived
+
+    if derived.is_derived(name):
+        return derived.derived_info(name)
     try:
         return DATASETS[name]
     except (KeyError, TypeError):
         known = ", ".join(sorted(DATASETS))
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {known}") from None
+        raise DatasetError(
+            f"unknown dataset {name!r}; known datasets: {known} (or derived:<folder>)"
+        ) from None
 
 
 def default_data_dir() -> Path:
@@ -223,11 +232,14 @@ def _builder(info: DatasetInfo, root: Path, dataset_kwargs: DatasetKwargs = None
     """A fresh tfds builder reading/writing under `root` (fresh: it reads what is on disk)."""
     import tensorflow_datasets as tfds
 
+    from jaxrobust.data import derived
     from jaxrobust.data.digits import TFDS_NAME, DigitsBuilder
     from jaxrobust.data.shapes import TFDS_NAME as SHAPES_NAME
     from jaxrobust.data.shapes import ShapesBuilder, shapes_params
 
     kwargs = check_kwargs(info.name, dataset_kwargs)
+    if derived.is_derived(info.tfds_name):  # a folder of its own, not under `root`
+        return derived.derived_builder(info.tfds_name)
     # Direct, so they work even if tfds skipped registering them.
     if info.tfds_name == TFDS_NAME:
         return DigitsBuilder(data_dir=os.fspath(root))
