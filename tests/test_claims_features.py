@@ -1,0 +1,157 @@
+"""The README's numbers on the Ilyas et al. 2019 constructions (section "Datasets built from a
+model's features") are tests: each fragment of that paragraph is checked against the committed
+measurement (experiments/results/features_digits_measure.json, written by
+experiments/_features_digits_measure.py), and a perturbed copy of the JSON makes the check fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "experiments" / "results" / "features_digits_measure.json"
+
+
+def _readme() -> str:
+    return re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _d(r: dict, name: str) -> dict:
+    return r["datasets"][name]["summary"]
+
+
+def _t(r: dict, name: str) -> dict:
+    return r["trained_on"][name]
+
+
+# (README fragment with {} placeholders, values from the JSON formatted as printed, and the
+# property the sentence states).
+CLAIMS: dict[str, tuple[str, Callable[[dict], tuple], Callable[[dict], bool]]] = {
+    "source_standard": (
+        "`objective=standard` ({} test accuracy)",
+        lambda r: (_pct(r["sources"]["standard"]["clean_accuracy"]),),
+        lambda r: True,
+    ),
+    "targeted_success": (
+        "targeted ℓ2 PGD-100 reaches the target on {} (D_det) / {} (D_rand) of the {} training "
+        "images at ε = 1.5 and on 100% at ε = 2",
+        lambda r: (
+            _pct(_d(r, "d_det_eps1.5")["targeted_success_rate"]),
+            _pct(_d(r, "d_rand_eps1.5")["targeted_success_rate"]),
+            str(_d(r, "d_det_eps1.5")["num_examples"]),
+        ),
+        lambda r: (
+            _d(r, "d_det_eps2")["targeted_success_rate"] == 1.0
+            and _d(r, "d_rand_eps2")["targeted_success_rate"] == 1.0
+        ),
+    ),
+    "labels": (
+        "every D_det label differs from the true class, and {} of {} D_rand labels ({}; chance "
+        "10%) equal it",
+        lambda r: (
+            str(_d(r, "d_rand_eps1.5")["label_agreement_count"]),
+            str(_d(r, "d_rand_eps1.5")["num_examples"]),
+            _pct(_d(r, "d_rand_eps1.5")["label_agreement_with_true_class"]),
+        ),
+        lambda r: (
+            _d(r, "d_det_eps1.5")["label_agreement_count"] == 0
+            and _d(r, "d_det_eps2")["label_agreement_count"] == 0
+            # within 3 binomial SE of chance (p = 0.1, n = 1437: SE 0.8 points)
+            and abs(_d(r, "d_rand_eps1.5")["label_agreement_with_true_class"] - 0.1)
+            < 3 * (0.1 * 0.9 / _d(r, "d_rand_eps1.5")["num_examples"]) ** 0.5
+        ),
+    ),
+    "trained_on": (
+        "D_det {} (ε = 1.5) and {} (ε = 2), D_rand {} and {}",
+        lambda r: tuple(
+            _pct(_t(r, n)["test_accuracy_original_digits"])
+            for n in ("d_det_eps1.5", "d_det_eps2", "d_rand_eps1.5", "d_rand_eps2")
+        ),
+        # the issue's bars: D_rand >= 70%, D_det >= 50% on the original test set
+        lambda r: (
+            min(_t(r, n)["test_accuracy_original_digits"] for n in ("d_det_eps1.5", "d_det_eps2"))
+            >= 0.5
+            and min(
+                _t(r, n)["test_accuracy_original_digits"] for n in ("d_rand_eps1.5", "d_rand_eps2")
+            )
+            >= 0.7
+        ),
+    ),
+    "inversion_error": (
+        "relative error of {} / {} (max {}; all {} within the 0.05 tolerance)",
+        lambda r: (
+            _sci(_d(r, "d_robust")["relative_feature_error_mean"]),
+            _sci(_d(r, "d_nonrobust")["relative_feature_error_mean"]),
+            _sci(max(_d(r, n)["relative_feature_error_max"] for n in ("d_robust", "d_nonrobust"))),
+            str(_d(r, "d_robust")["num_examples"]),
+        ),
+        lambda r: all(_d(r, n)["fraction_within_tol"] == 1.0 for n in ("d_robust", "d_nonrobust")),
+    ),
+    "inversion_distance": (
+        "the inversions land within ℓ2 {} of the original images (the noise starts were {} away)",
+        lambda r: (
+            f"{max(r['inversion_distances'][n]['mean_l2'] for n in _RN):.3f}",
+            f"{r['inversion_distances']['uniform_noise_to_original_mean_l2']:.1f}",
+        ),
+        lambda r: True,
+    ),
+    "bottleneck": (
+        "the inversions are new images (ℓ2 {} / {} from the originals; {} / {} within the 0.05 "
+        "tolerance, mean error {} / {}), and standard models trained on them score {} / {} clean "
+        "and {} / {} under ℓ∞ PGD at 0.1",
+        lambda r: (
+            *(f"{r['bottleneck'][n]['mean_l2_distance_to_original']:.1f}" for n in _RN),
+            *(_pct(r["bottleneck"][n]["summary"]["fraction_within_tol"]) for n in _RN),
+            *(f"{r['bottleneck'][n]['summary']['relative_feature_error_mean']:.2g}" for n in _RN),
+            *(_pct(r["bottleneck"][n]["trained_on"]["test_accuracy_original_digits"]) for n in _RN),
+            *(_pct(r["bottleneck"][n]["trained_on"]["robust_accuracy_linf_0.1"]) for n in _RN),
+        ),
+        lambda r: True,
+    ),
+}
+_RN = ("d_robust", "d_nonrobust")
+
+
+def _sci(v: float) -> str:
+    """0.00036 -> '3.6·10⁻⁴' as the README prints it."""
+    mantissa, exp = f"{v:.1e}".split("e")
+    sup = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+    return f"{mantissa}·10{str(int(exp)).translate(sup)}"
+
+
+def _holds(name: str, results: dict) -> bool:
+    template, values, prop = CLAIMS[name]
+    return template.format(*values(results)) in _readme() and prop(results)
+
+
+@pytest.mark.parametrize("name", sorted(CLAIMS))
+def test_readme_claim_holds(name):
+    template, values, _ = CLAIMS[name]
+    results = json.loads(RESULTS.read_text())
+    assert template.format(*values(results)) in _readme(), template.format(*values(results))
+    assert _holds(name, results)
+
+
+@pytest.mark.parametrize("name", sorted(CLAIMS))
+def test_readme_claim_fails_on_other_numbers(name):
+    """Scale every number of the JSON by 0.9 (or flip exact ones): the claim must stop holding."""
+
+    def shift(o):
+        if isinstance(o, dict):
+            return {k: shift(v) for k, v in o.items()}
+        if isinstance(o, bool) or not isinstance(o, int | float):
+            return o
+        return o * 0.9 if o else 0.05
+
+    results = shift(copy.deepcopy(json.loads(RESULTS.read_text())))
+    assert not _holds(name, results)
