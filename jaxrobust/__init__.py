@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from jaxrobust.models import as_features_fn, as_logits_fn, create_model, init_model
     from jaxrobust.optimize import Result, StepRule, best_of, fixed_step, optax_step, optimize
     from jaxrobust.parallel import shard_examples, use_cpu_cores_as_devices
+    from jaxrobust.represent import feature_error, invert
     from jaxrobust.runs import LoadedRun, load_run
     from jaxrobust.threat import (
         ThreatModel,
@@ -120,6 +121,7 @@ _SOURCES = {
         "jaxrobust.optimize",
     ),
     **dict.fromkeys(("shard_examples", "use_cpu_cores_as_devices"), "jaxrobust.parallel"),
+    **dict.fromkeys(("feature_error", "invert"), "jaxrobust.represent"),
     **dict.fromkeys(("LoadedRun", "load_run"), "jaxrobust.runs"),
     **dict.fromkeys(
         (
@@ -164,12 +166,14 @@ __all__ = [
     "evaluate",
     "fab",
     "fab_targeted",
+    "feature_error",
     "fgsm",
     "fixed_step",
     "get_loss",
     "get_threat",
     "grid",
     "init_model",
+    "invert",
     "kl_divergence",
     "l1",
     "l2",
