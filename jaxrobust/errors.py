@@ -224,6 +224,19 @@ def check_key(key: Any, name: str = "key") -> None:
     )
 
 
+def eval_shape_or_name(trace: Callable[[], Any], what: str) -> Any:
+    """`jax.eval_shape(trace)` (shapes only, no computation); any failure other than a
+    `JaxRobustError` becomes an `InputError` "<what>: <error type>: <its first line>", so a
+    model or objective that cannot take the given input is named before anything runs."""
+    try:
+        return jax.eval_shape(trace)
+    except JaxRobustError:
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"{what}: {type(e).__name__}: {first}") from e
+
+
 def check_callable(fn: Any, name: str) -> None:
     if not callable(fn):
         raise InputError(f"{name} must be callable, got {type(fn).__name__}")

@@ -55,6 +55,7 @@ from jaxrobust.errors import (
     check_int,
     check_key,
     check_number,
+    eval_shape_or_name,
     screen,
 )
 from jaxrobust.models.adapters import as_logits_fn
@@ -317,15 +318,10 @@ def d_robust_batch(
                 f"x_start must have the shape of x {np.shape(x)}, got {np.shape(x_start)}"
             )
         screen(input_checks(unconstrained(), x_start, "x_start"))
-    try:
-        jax.eval_shape(lambda z: layer_features(features_fn, z, layer), x)
-    except InputError:
-        raise
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise InputError(
-            f"the features function failed on x of shape {np.shape(x)}: {type(e).__name__}: {first}"
-        ) from e
+    eval_shape_or_name(
+        lambda: layer_features(features_fn, jnp.asarray(x), layer),
+        f"the features function failed on x of shape {np.shape(x)}",
+    )
     x = jnp.asarray(x)
     return _robust(
         features_fn,

@@ -23,7 +23,6 @@ import optax
 from jaxrobust.errors import (
     Check,
     InputError,
-    JaxRobustError,
     check_array,
     check_bool,
     check_callable,
@@ -32,6 +31,7 @@ from jaxrobust.errors import (
     check_threat,
     enforce,
     eps_checks,
+    eval_shape_or_name,
     screen,
 )
 from jaxrobust.threat import ThreatModel, input_checks
@@ -191,16 +191,11 @@ def _split_objective(objective: Objective, has_aux: bool, batch: int):
 def _check_traces(trace: Callable[[], Any], x: Array) -> None:
     """Trace the objective once on the input's shape (`jax.eval_shape`: no computation), so
     that an objective or model that cannot take x fails with an error naming the shapes."""
-    try:
-        jax.eval_shape(trace)
-    except JaxRobustError:
-        raise
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise InputError(
-            f"the objective (or the model in it) failed on x of shape {tuple(x.shape)} and "
-            f"dtype {x.dtype}: {type(e).__name__}: {first}"
-        ) from e
+    eval_shape_or_name(
+        trace,
+        f"the objective (or the model in it) failed on x of shape {tuple(x.shape)} and "
+        f"dtype {x.dtype}",
+    )
 
 
 def _is_int(v: Any) -> bool:

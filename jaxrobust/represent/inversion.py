@@ -35,6 +35,7 @@ from jaxrobust.errors import (
     check_int,
     check_key,
     check_number,
+    eval_shape_or_name,
     finite_checks,
     screen,
 )
@@ -192,16 +193,10 @@ def invert(
         threat = unconstrained(lo=lo, hi=hi, step_norm="l2")
     if x_start.ndim < 1 or x_start.shape[0] == 0:
         raise InputError(f"x_start must be a non-empty batch, got shape {x_start.shape}")
-    try:
-        phi_shape = jax.eval_shape(lambda z: layer_features(features_fn, z, layer), x_start)
-    except InputError:
-        raise
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise InputError(
-            f"the features function failed on x_start of shape {tuple(x_start.shape)}: "
-            f"{type(e).__name__}: {first}"
-        ) from e
+    phi_shape = eval_shape_or_name(
+        lambda: layer_features(features_fn, x_start, layer),
+        f"the features function failed on x_start of shape {tuple(x_start.shape)}",
+    )
     target = jnp.asarray(target)
     if (
         target.ndim < 1
