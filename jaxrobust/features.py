@@ -377,6 +377,7 @@ class _Source(NamedTuple):
     description: str
     digest: str
     dataset: str | None
+    dataset_kwargs: dict | None = None
 
 
 def _resolve_source(source: Any, kind: str, source_name: str | None) -> _Source:
@@ -394,7 +395,10 @@ def _resolve_source(source: Any, kind: str, source_name: str | None) -> _Source:
                 raise ConfigError(f"the run in {source} has no linen module to read features of")
             fn = as_features_fn(module, run.state.variables())
         desc = f"run {Path(source).absolute()} step {run.step}"
-        return _Source(fn, source_name or desc, _digest(run.state.variables()), run.config.dataset)
+        kw = run.config.dataset_kwargs.to_dict() if "dataset_kwargs" in run.config else {}
+        return _Source(
+            fn, source_name or desc, _digest(run.state.variables()), run.config.dataset, kw or None
+        )
     if not callable(source):
         raise InputError(
             f"source must be a run directory or a model function, got {type(source).__name__}"
@@ -469,6 +473,7 @@ def build_dataset(
     *,
     dataset: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
+    dataset_kwargs: dict[str, Any] | None = None,
     eps: float = 1.0,
     steps: int = 100,
     step_size: float | None = None,
@@ -510,6 +515,9 @@ def build_dataset(
       out_dir: the dataset's folder.
       dataset: the source dataset (default: the run's; "digits" for a function).
       data_dir: where the source dataset is prepared.
+      dataset_kwargs: the source dataset's parameters (e.g. shapes' {"planted": True});
+        default: the run's own when `dataset` is not given, else none. Recorded in the
+        build parameters; the derived test split is the test split of that variant.
       eps, steps, step_size: the ℓ2 radius (d_rand / d_det only), steps and step size
         (default 2.5·eps/steps for PGD; required for the inversion).
       seed: the construction's PRNG seed.
@@ -556,9 +564,14 @@ def build_dataset(
     elif step_size is None:
         raise ConfigError("the inversion (d_robust, d_nonrobust) needs a step_size")
     src = _resolve_source(source, kind, source_name)
+    if dataset_kwargs is None and dataset is None:
+        dataset_kwargs = src.dataset_kwargs
     dataset = dataset or src.dataset or "digits"
+    dataset_kwargs = dict(dataset_kwargs) if dataset_kwargs else None
     info = get_info(dataset)
-    x_all, y_all = load_split(dataset, "train", data_dir=data_dir, limit=limit)
+    x_all, y_all = load_split(
+        dataset, "train", data_dir=data_dir, limit=limit, dataset_kwargs=dataset_kwargs
+    )
     n = int(y_all.shape[0])
     if not adversarial and start == "image" and n < 2:
         raise ConfigError("start='image' needs at least 2 training examples")
@@ -574,6 +587,8 @@ def build_dataset(
         "steps": int(steps),
         "step_size": None if step_size is None else float(step_size),
     }
+    if dataset_kwargs:  # absent when none, so that earlier builds still resume
+        params["dataset_kwargs"] = {k: dataset_kwargs[k] for k in sorted(dataset_kwargs)}
     if adversarial:
         params.update(eps=float(eps), threat="l2", targets="random" if kind == "d_rand" else "y+1")
     else:
@@ -725,7 +740,9 @@ def build_dataset(
     splits = {"train": (cat["x"], cat["label"])}
     for split in info.splits:
         if split != "train":
-            splits[split] = load_split(dataset, split, data_dir=data_dir)
+            splits[split] = load_split(
+                dataset, split, data_dir=data_dir, dataset_kwargs=dataset_kwargs
+            )
     name = write_derived(
         out,
         splits,

@@ -155,3 +155,157 @@ def test_readme_claim_fails_on_other_numbers(name):
 
     results = shift(copy.deepcopy(json.loads(RESULTS.read_text())))
     assert not _holds(name, results)
+
+
+# ------------------------------------------------- the experiment (nonrobust_features)
+# The paragraph on `jaxrobust experiment nonrobust_features`, against its committed JSON.
+EXPERIMENT = ROOT / "experiments" / "results" / "nonrobust_features" / "digits.json"
+
+
+def _pse(m: dict) -> str:
+    """A measured accuracy as the README prints it: '93.3% ± 1.3'."""
+    return f"{100 * m['value']:.1f}% ± {100 * m['se']:.1f}"
+
+
+def _acc(r: dict, name: str, metric: str) -> str:
+    return _pse(r[name][metric])
+
+
+EXPERIMENT_CLAIMS: dict[str, tuple[str, Callable[[dict], tuple], Callable[[dict], bool]]] = {
+    "sources": (
+        "standard: {} clean, {} under ℓ∞ PGD-50 with 5 restarts at ε = 0.1; PGD-AT: {} / {}",
+        lambda r: (
+            _pse(r["sources"]["standard"]["clean_accuracy"]),
+            _pse(r["sources"]["standard"]["robust_accuracy"]),
+            _pse(r["sources"]["robust"]["clean_accuracy"]),
+            _pse(r["sources"]["robust"]["robust_accuracy"]),
+        ),
+        lambda r: r["sources"]["standard"]["clean_accuracy"]["n"] == 360,
+    ),
+    "d_rand_d_det": (
+        "D_rand {}, D_det {} (chance 10%)",
+        lambda r: (
+            _acc(r, "d_rand", "test_accuracy"),
+            _acc(r, "d_det", "test_accuracy"),
+        ),
+        # the issue's bars
+        lambda r: (
+            r["d_rand"]["test_accuracy"]["value"] >= 0.7
+            and r["d_det"]["test_accuracy"]["value"] >= 0.5
+        ),
+    ),
+    "d_r_d_nr": (
+        "D_R {} clean and {} robust, D_NR {} and {}",
+        lambda r: (
+            _acc(r, "d_r", "clean_accuracy"),
+            _acc(r, "d_r", "robust_accuracy"),
+            _acc(r, "d_nr", "clean_accuracy"),
+            _acc(r, "d_nr", "robust_accuracy"),
+        ),
+        lambda r: True,
+    ),
+    "labels": (
+        "every D_det label differs from the true class, and {} of {} D_rand labels ({}) equal "
+        "it (chance 10%, z = {})",
+        lambda r: (
+            str(r["label_checks"]["d_rand"]["agreement_count"]),
+            str(r["label_checks"]["d_rand"]["n"]),
+            _pct(r["label_checks"]["d_rand"]["agreement_rate"]),
+            f"{r['label_checks']['d_rand']['z']:.2f}",
+        ),
+        lambda r: (
+            r["label_checks"]["d_det"]["agreement_count"] == 0
+            and r["label_checks"]["d_det"]["passed"] is True
+            and r["label_checks"]["d_rand"]["passed"] is True
+            and abs(r["label_checks"]["d_rand"]["z"]) <= 3
+        ),
+    ),
+    "feature_match": (
+        "{} / {} of the D_R / D_NR inversions are within the 0.05 relative tolerance (mean "
+        "error {} / {}), at ℓ2 {} / {} from their originals (uniform noise: {})",
+        lambda r: (
+            *(_pct(r["feature_match"][n]["fraction_within_tol"]) for n in ("d_r", "d_nr")),
+            *(
+                f"{r['feature_match'][n]['relative_feature_error_mean']:.2g}"
+                for n in ("d_r", "d_nr")
+            ),
+            *(f"{r['feature_match'][n]['mean_l2_to_original']:.1f}" for n in ("d_r", "d_nr")),
+            f"{r['feature_match']['d_r']['uniform_noise_mean_l2_to_original']:.1f}",
+        ),
+        lambda r: r["feature_match"]["d_r"]["tol"] == 0.05,
+    ),
+    "injective": (
+        "from 512-512 sources the inversions land within ℓ2 {} / {} of the originals (mean "
+        "error {} / {}), and models trained on them score {} / {} clean and {} / {} robust",
+        lambda r: (
+            *(f"{r['injective'][n]['feature_match']['mean_l2_to_original']:.3f}" for n in _DN),
+            *(
+                f"{r['injective'][n]['feature_match']['relative_feature_error_mean']:.1e}"
+                for n in _DN
+            ),
+            *(_pse(r["injective"][n]["clean_accuracy"]) for n in _DN),
+            *(_pse(r["injective"][n]["robust_accuracy"]) for n in _DN),
+        ),
+        lambda r: True,
+    ),
+    "gap": (
+        "The robustness gap between the models trained on D_R and D_NR ({} points) is under two "
+        "standard errors of the difference",
+        lambda r: (f"{100 * _gap(r)[0]:.1f}",),
+        lambda r: abs(_gap(r)[0]) < 2 * _gap(r)[1],
+    ),
+    "settings": (
+        "On digits (all {} training and {} test images; sources: MLPs {}-{}, {} epochs; D_rand / "
+        "D_det: targeted ℓ2 PGD-{} at ε = {:g}; D_R / D_NR: {} inversion steps from uniform "
+        "noise; a fresh MLP {}-{} on each)",
+        lambda r: (
+            r["settings"]["train_records_used"],
+            r["settings"]["test_size"],
+            *r["settings"]["source_hidden"],
+            r["settings"]["epochs"],
+            r["settings"]["adv_steps"],
+            r["settings"]["adv_eps"],
+            r["settings"]["inv_steps"],
+            *r["settings"]["fresh_hidden"],
+        ),
+        lambda r: r["d_r"]["n_train"] == r["settings"]["train_records_used"],
+    ),
+    "time": (
+        "in {} minutes on the shared 2-core CPU",
+        lambda r: (f"{r['wall_time_s'] / 60:.1f}",),
+        lambda r: r["wall_time_s"] < 30 * 60 and not str(r["git_commit"]).endswith("+dirty"),
+    ),
+}
+_DN = ("d_r", "d_nr")
+
+
+def _gap(r: dict) -> tuple[float, float]:
+    """D_R minus D_NR robust accuracy and the standard error of that difference."""
+    a, b = r["d_r"]["robust_accuracy"], r["d_nr"]["robust_accuracy"]
+    return a["value"] - b["value"], (a["se"] ** 2 + b["se"] ** 2) ** 0.5
+
+
+def _experiment_holds(name: str, results: dict) -> bool:
+    template, values, prop = EXPERIMENT_CLAIMS[name]
+    return template.format(*values(results)) in _readme() and prop(results)
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENT_CLAIMS))
+def test_readme_experiment_claim_holds(name):
+    template, values, _ = EXPERIMENT_CLAIMS[name]
+    results = json.loads(EXPERIMENT.read_text())
+    assert template.format(*values(results)) in _readme(), template.format(*values(results))
+    assert _experiment_holds(name, results)
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENT_CLAIMS))
+def test_readme_experiment_claim_fails_on_other_numbers(name):
+    def shift(o):
+        if isinstance(o, dict):
+            return {k: shift(v) for k, v in o.items()}
+        if isinstance(o, bool) or not isinstance(o, int | float):
+            return o
+        return o * 0.9 if o else 0.05
+
+    results = shift(copy.deepcopy(json.loads(EXPERIMENT.read_text())))
+    assert not _experiment_holds(name, results)

@@ -405,3 +405,29 @@ def test_build_from_a_run_directory(smoke_run, tmp_path):
     assert built["summary"]["num_examples"] == 64
     _, y = load_split(built["name"], "train")
     np.testing.assert_array_equal(y, load_split("digits", "train", limit=64)[1])
+
+
+def test_build_passes_dataset_kwargs_to_the_source_dataset(tmp_path):
+    """dataset_kwargs reach the source dataset (train and test splits) and the recorded
+    build parameters; other kwargs are another build (ConfigError on resume)."""
+    kw = {"planted": True, "num_train": 24, "num_test": 16}
+    w = jax.random.normal(jax.random.key(0), (32 * 32 * 3, 10)) * 0.05
+    f = lambda z: z.reshape(z.shape[0], -1) @ w  # noqa: E731
+    built = F.build_dataset(
+        "d_det", f, tmp_path / "det", dataset="shapes", dataset_kwargs=kw, eps=0.5, steps=2,
+        chunk_size=16, source_name="linear (test)",
+    )  # fmt: skip
+    assert built["provenance"]["params"]["dataset_kwargs"] == kw
+    x, y = load_split("shapes", "train", dataset_kwargs=kw)
+    xd, td = load_split(built["name"], "train")
+    assert xd.shape == x.shape == (24, 32, 32, 3)
+    assert np.all(_l2(xd - x) <= 0.5 + 1e-5) and np.all(td == (y + 1) % 10)
+    xt, _ = load_split(built["name"], "test")
+    np.testing.assert_array_equal(xt, load_split("shapes", "test", dataset_kwargs=kw)[0])
+    plain, _ = load_split("shapes", "test", dataset_kwargs={"num_train": 24, "num_test": 16})
+    assert not np.array_equal(xt, plain)  # the planted variant, not the plain one
+    with pytest.raises(ConfigError, match="dataset_kwargs"):
+        F.build_dataset(
+            "d_det", f, tmp_path / "det", dataset="shapes", eps=0.5, steps=2, chunk_size=16,
+            source_name="linear (test)",
+        )  # fmt: skip
