@@ -129,34 +129,6 @@ def _sci(v: float) -> str:
     return f"{mantissa}·10{str(int(exp)).translate(sup)}"
 
 
-def _holds(name: str, results: dict) -> bool:
-    template, values, prop = CLAIMS[name]
-    return template.format(*values(results)) in _readme() and prop(results)
-
-
-@pytest.mark.parametrize("name", sorted(CLAIMS))
-def test_readme_claim_holds(name):
-    template, values, _ = CLAIMS[name]
-    results = json.loads(RESULTS.read_text())
-    assert template.format(*values(results)) in _readme(), template.format(*values(results))
-    assert _holds(name, results)
-
-
-@pytest.mark.parametrize("name", sorted(CLAIMS))
-def test_readme_claim_fails_on_other_numbers(name):
-    """Scale every number of the JSON by 0.9 (or flip exact ones): the claim must stop holding."""
-
-    def shift(o):
-        if isinstance(o, dict):
-            return {k: shift(v) for k, v in o.items()}
-        if isinstance(o, bool) or not isinstance(o, int | float):
-            return o
-        return o * 0.9 if o else 0.05
-
-    results = shift(copy.deepcopy(json.loads(RESULTS.read_text())))
-    assert not _holds(name, results)
-
-
 # ------------------------------------------------- the experiment (nonrobust_features)
 # The paragraph on `jaxrobust experiment nonrobust_features`, against its committed JSON.
 EXPERIMENT = ROOT / "experiments" / "results" / "nonrobust_features" / "digits.json"
@@ -285,21 +257,32 @@ def _gap(r: dict) -> tuple[float, float]:
     return a["value"] - b["value"], (a["se"] ** 2 + b["se"] ** 2) ** 0.5
 
 
-def _experiment_holds(name: str, results: dict) -> bool:
-    template, values, prop = EXPERIMENT_CLAIMS[name]
+# Each claim with the JSON it is checked against: the preliminary measurement and the experiment.
+SOURCES = {"measure": (RESULTS, CLAIMS), "experiment": (EXPERIMENT, EXPERIMENT_CLAIMS)}
+ALL = [(source, name) for source, (_, claims) in SOURCES.items() for name in sorted(claims)]
+
+
+def _holds(source: str, name: str, results: dict) -> bool:
+    template, values, prop = SOURCES[source][1][name]
     return template.format(*values(results)) in _readme() and prop(results)
 
 
-@pytest.mark.parametrize("name", sorted(EXPERIMENT_CLAIMS))
-def test_readme_experiment_claim_holds(name):
-    template, values, _ = EXPERIMENT_CLAIMS[name]
-    results = json.loads(EXPERIMENT.read_text())
+def _results(source: str) -> dict:
+    return json.loads(SOURCES[source][0].read_text())
+
+
+@pytest.mark.parametrize(("source", "name"), ALL)
+def test_readme_claim_holds(source, name):
+    template, values, _ = SOURCES[source][1][name]
+    results = _results(source)
     assert template.format(*values(results)) in _readme(), template.format(*values(results))
-    assert _experiment_holds(name, results)
+    assert _holds(source, name, results)
 
 
-@pytest.mark.parametrize("name", sorted(EXPERIMENT_CLAIMS))
-def test_readme_experiment_claim_fails_on_other_numbers(name):
+@pytest.mark.parametrize(("source", "name"), ALL)
+def test_readme_claim_fails_on_other_numbers(source, name):
+    """Scale every number of the JSON by 0.9 (or flip exact ones): the claim must stop holding."""
+
     def shift(o):
         if isinstance(o, dict):
             return {k: shift(v) for k, v in o.items()}
@@ -307,5 +290,4 @@ def test_readme_experiment_claim_fails_on_other_numbers(name):
             return o
         return o * 0.9 if o else 0.05
 
-    results = shift(copy.deepcopy(json.loads(EXPERIMENT.read_text())))
-    assert not _experiment_holds(name, results)
+    assert not _holds(source, name, shift(copy.deepcopy(_results(source))))
