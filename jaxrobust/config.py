@@ -217,11 +217,7 @@ def _merge(cfg: ml_collections.ConfigDict, data: dict, prefix: str = "") -> None
         path = f"{prefix}{k}"
         if isinstance(v, dict) and tuple(path.split(".")) not in FREE_FORM:
             _merge(cfg, v, path + ".")
-        elif isinstance(v, dict) and path == "model.kwargs":
-            cfg.model.kwargs = ml_collections.ConfigDict(v)
-        elif isinstance(v, dict):
-            cfg.dataset_kwargs = ml_collections.ConfigDict(v)
-        else:
+        else:  # a free-form dict (model.kwargs, dataset_kwargs) is replaced whole
             set_value(cfg, path, v)
 
 

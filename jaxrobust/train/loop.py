@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from jaxrobust import report
 from jaxrobust.attacks import pgd
 from jaxrobust.checkpoint import Checkpointer
-from jaxrobust.config import default_config, validate
+from jaxrobust.config import FREE_FORM, default_config, validate
 from jaxrobust.data import (
     DatasetInfo,
     LoaderState,
@@ -220,9 +220,10 @@ def _first_line(e: BaseException) -> str:
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k not in ("kwargs", "dataset_kwargs"):
+        free = tuple(f"{prefix}{k}".split(".")) in FREE_FORM  # model.kwargs, dataset_kwargs
+        if isinstance(v, dict) and not free:
             out.update(_flatten(v, f"{prefix}{k}."))
-        elif k in ("kwargs", "dataset_kwargs"):
+        elif free:
             out[f"{prefix}{k}"] = ml_collections.ConfigDict(v)
         else:
             out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
