@@ -1,0 +1,108 @@
+"""The README's benchmark numbers measured on 2026-12-06 (APGD strength against the reference,
+the standard evaluation's speed) are tests: each is recomputed from the committed results file
+the README names, and a perturbed copy of that file makes the check fail."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _readme() -> str:
+    return re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _strength_text(d: dict) -> list[str]:
+    rows = {(r["model"], a): v for r in d["results"] for a, v in r["attacks"].items()}
+    diff = [rows[k]["difference"] for k in rows]
+    se = [rows[k]["difference_se"] for k in rows]
+    ce = rows[("pgd_at", "apgd-ce")]
+    differing = ce["reference_same_starts"]["points_differing"]
+    identical = [
+        k for k, v in rows.items() if max(v["reference_same_starts"]["points_differing"]) == 0
+    ]
+    assert sorted(identical) == [
+        ("pgd_at", "apgd-t"),
+        ("standard", "apgd-ce"),
+        ("standard", "apgd-t"),
+    ]
+    assert all(abs(a) < 2 * b or a == b == 0 for a, b in zip(diff, se, strict=True))
+    assert ce["jaxrobust"]["mean"] <= ce["reference_same_starts"]["mean"]
+    return [
+        f"seeds 0–{len(d['seeds']) - 1}",
+        f"differs in {min(differing)}–{max(differing)} points per seed",
+        f"{ce['jaxrobust']['mean']:.1f} vs {ce['reference_same_starts']['mean']:.1f} on average",
+        f"the means differ by {diff[0]:+.1f} ± {se[0]:.1f}, {diff[1]:+.1f} ± {se[1]:.1f} (PGD-AT: "
+        f"APGD-CE, APGD-T), {diff[2]:+.1f} ± {se[2]:.1f} and {diff[3]:.1f} (standard)",
+    ]
+
+
+def _eval_text(a: dict, b: dict) -> list[str]:
+    lines = []
+    for label, key in (
+        ("reference AutoAttack", "pytorch_autoattack"),
+        ("API, `use_cpu_cores_as_devices()` + `jr.evaluate`, warm cache", "warm"),
+        ("CLI, `jaxrobust eval`, warm cache", "cli_warm"),
+        ("API, cold cache", "cold"),
+    ):
+        ta, tb = a[key]["end_to_end_seconds"], b[key]["end_to_end_seconds"]
+        cell = f"| {label} | {ta:.1f} | {tb:.1f} |"
+        if key != "pytorch_autoattack":
+            sa, sb = (x["speedup_vs_pytorch_autoattack"][key] for x in (a, b))
+            cell += f" {sa:.2f}× / {sb:.2f}× |"
+        lines.append(cell)
+    for d in (a, b):
+        assert all(d["same_robust_examples_as_reference"].values())
+    robust = round(a["pytorch_autoattack"]["robust_accuracy"] * a["num_examples"])
+    lines.append(f"the same {robust} of {a['num_examples']} examples robust as the reference")
+    return lines
+
+
+CLAIMS = {
+    "apgd_strength": (("2026-12-06-apgd_strength.json",), _strength_text),
+    "eval_standard": (
+        ("2026-12-06-eval_standard-a.json", "2026-12-06-eval_standard-b.json"),
+        _eval_text,
+    ),
+}
+
+
+def _holds(name: str, data: list[dict]) -> bool:
+    try:
+        fragments = CLAIMS[name][1](*data)
+    except AssertionError:
+        return False
+    return all(f in _readme() for f in fragments)
+
+
+@pytest.mark.parametrize("name", sorted(CLAIMS))
+def test_readme_benchmark_claim_holds(name):
+    data = [_load(f) for f in CLAIMS[name][0]]
+    missing = [f for f in CLAIMS[name][1](*data) if f not in _readme()]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", sorted(CLAIMS))
+def test_readme_benchmark_claim_fails_on_other_numbers(name):
+    def shift(o):
+        if isinstance(o, dict):
+            return {k: shift(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [shift(v) for v in o]
+        if isinstance(o, bool) or not isinstance(o, int | float):
+            return o
+        return o * 1.3 + 1
+
+    data = [shift(copy.deepcopy(_load(f))) for f in CLAIMS[name][0]]
+    assert not _holds(name, data)
