@@ -52,6 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.adversary.max_angle = 30.0  # spatial objectives: degrees
     c.adversary.max_shift = 0.1  # spatial objectives: fraction of the image side
     c.adversary.worst_of_k = 10
+    # pgd_at, fast_at, trades: ramp the training ε linearly from 0 over this many epochs
+    # (a curriculum against collapse to a constant prediction on hard data); 0 = off.
+    c.adversary.eps_warmup_epochs = 0.0
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -267,6 +270,7 @@ _LOWER_BOUNDS: dict[str, float] = {
     "adversary.max_angle": 0,
     "adversary.max_shift": 0,
     "adversary.worst_of_k": 1,
+    "adversary.eps_warmup_epochs": 0,
     "optimizer.learning_rate": 0,
     "optimizer.momentum": 0,
     "optimizer.weight_decay": 0,

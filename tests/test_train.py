@@ -212,3 +212,56 @@ def test_pgd_at_attack_loss_reaches_saturated_models(batch):
     step = make_train_step(pgd_at(linf(EPS), steps=3, attack_loss=margin))
     new, metrics = step(_state(), batch)
     assert np.isfinite(float(metrics["loss"])) and int(new.step) == 1
+
+
+def test_eps_warmup_ramps_the_radius_linearly():
+    """eps_warmup hands `make` eps·min(1, (t + 1)/W) at step t, traced (one program)."""
+    from jaxrobust.train.objectives import eps_warmup
+
+    def make(eps):
+        return lambda params, state, batch, key: (eps, ({}, None))
+
+    obj = jax.jit(eps_warmup(make, 0.5, warmup_steps=4))
+    state = _state()
+    got = [float(obj(None, state.replace(step=jnp.asarray(t)), None, None)[0]) for t in range(6)]
+    np.testing.assert_allclose(got, [0.125, 0.25, 0.375, 0.5, 0.5, 0.5], rtol=1e-6)
+    assert eps_warmup(make, 0.5, warmup_steps=0)(None, state, None, None)[0] == 0.5
+
+
+def test_config_eps_warmup_trains_on_the_ramped_adversary(batch):
+    """With adversary.eps_warmup_epochs = 2 and 5 steps per epoch, step 3 of the config's
+    PGD-AT (explicit step size, ℓ2) is exactly PGD-AT at ε·4/10 with the step size scaled
+    alike; without warm-up the same config trains at the full ε."""
+    from jaxrobust.data import get_info
+    from jaxrobust.train.loop import build_objective
+
+    base = ["threat=l2", "eps=1.0", "adversary.steps=3", "adversary.step_size=0.5"]
+    info = get_info("digits")
+    ramped = build_objective(load_config(None, [*base, "adversary.eps_warmup_epochs=2"]), info, 5)
+    at_04 = build_objective(
+        load_config(None, [*base[:1], "eps=0.4", *base[2:3], "adversary.step_size=0.2"]), info
+    )
+    full = build_objective(load_config(None, base), info)
+    state = _state().replace(step=jnp.asarray(3))
+    key = jax.random.key(1)
+    loss = {
+        n: float(o(state.params, state, batch, key)[0])
+        for n, o in (("ramped", ramped), ("at_04", at_04), ("full", full))
+    }
+    np.testing.assert_allclose(loss["ramped"], loss["at_04"], rtol=1e-6)
+    assert loss["full"] > loss["ramped"] + 1e-3
+    with pytest.raises(ConfigError, match="steps per epoch"):
+        build_objective(load_config(None, [*base, "adversary.eps_warmup_epochs=2"]), info)
+
+
+def test_resume_accepts_runs_saved_before_eps_warmup_existed():
+    """A run saved before adversary.eps_warmup_epochs existed ran without warm-up: resuming
+    it with the default is no config change; with a warm-up it is."""
+    from jaxrobust.train.loop import _as_json_config, _config_diff
+
+    now = _as_json_config(default_config())
+    saved = _as_json_config(default_config())
+    del saved["adversary"]["eps_warmup_epochs"]
+    assert _config_diff(now, saved) == []
+    now["adversary"]["eps_warmup_epochs"] = 2.0
+    assert _config_diff(now, saved) == ["adversary.eps_warmup_epochs"]

@@ -74,8 +74,14 @@ def build_model(cfg: ml_collections.ConfigDict, info: DatasetInfo):
     )
 
 
-def build_objective(cfg: ml_collections.ConfigDict, info: DatasetInfo) -> objectives.Objective:
-    """The training objective named by `cfg.objective`."""
+def build_objective(
+    cfg: ml_collections.ConfigDict, info: DatasetInfo, steps_per_epoch: int = 0
+) -> objectives.Objective:
+    """The training objective named by `cfg.objective`.
+
+    `steps_per_epoch` converts `cfg.adversary.eps_warmup_epochs` into optimizer steps; it is
+    needed only when that warm-up is on.
+    """
     adv = cfg.adversary
     step_size = adv.step_size or None
     if cfg.objective == "standard":
@@ -86,14 +92,32 @@ def build_objective(cfg: ml_collections.ConfigDict, info: DatasetInfo) -> object
         if cfg.objective == "spatial_random":
             return objectives.spatial_random(threat)
         return objectives.spatial_worst_of_k(threat, k=adv.worst_of_k)
-    threat = get_threat(cfg.threat, cfg.eps)
-    if cfg.objective == "pgd_at":
-        return objectives.pgd_at(threat, steps=adv.steps, step_size=step_size)
-    if cfg.objective == "fast_at":
-        return objectives.fast_at(threat, alpha=adv.fast_alpha)
-    if cfg.objective == "trades":
-        return objectives.trades(threat, beta=adv.trades_beta, steps=adv.steps, step_size=step_size)
-    raise ConfigError(f"unknown objective {cfg.objective!r}")
+    if cfg.objective not in ("pgd_at", "fast_at", "trades"):
+        raise ConfigError(f"unknown objective {cfg.objective!r}")
+    warmup_steps = round(adv.eps_warmup_epochs * steps_per_epoch)
+    if adv.eps_warmup_epochs > 0 and warmup_steps < 1:
+        raise ConfigError(
+            "adversary.eps_warmup_epochs needs the number of steps per epoch "
+            f"(got steps_per_epoch={steps_per_epoch})"
+        )
+
+    def make(eps):
+        threat = get_threat(cfg.threat, eps)
+        step = step_size
+        if step_size is not None and cfg.eps > 0:  # set for the full ε: follows the ramp too
+            step = step_size * (eps / cfg.eps)
+        if cfg.objective == "pgd_at":
+            return objectives.pgd_at(threat, steps=adv.steps, step_size=step)
+        if cfg.objective == "fast_at":
+            return objectives.fast_at(threat, alpha=adv.fast_alpha)
+        return objectives.trades(threat, beta=adv.trades_beta, steps=adv.steps, step_size=step)
+
+    return objectives.eps_warmup(make, cfg.eps, warmup_steps)
+
+
+# Keys added to the config after a run was saved: a run that predates one of them ran with
+# its default, so resuming it with the default is no change of config.
+_ADDED_LATER = {"adversary.eps_warmup_epochs": 0.0}
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -103,6 +127,8 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         if prefix == "" and k in _RESUMABLE_CHANGES:
             continue
         va, vb = a.get(k), b.get(k)
+        if k not in b and path in _ADDED_LATER and va == _ADDED_LATER[path]:
+            continue
         if isinstance(va, dict) and isinstance(vb, dict):
             keys.extend(_config_diff(va, vb, path + "."))
         elif json.dumps(va, default=str) != json.dumps(vb, default=str):
@@ -382,7 +408,7 @@ def train(
     x_test, y_test = load_split(
         cfg.dataset, "test", data_dir=run.data_dir, dataset_kwargs=run.dataset_kwargs
     )
-    step_fn = objectives.make_train_step(build_objective(cfg, run.info))
+    step_fn = objectives.make_train_step(build_objective(cfg, run.info, run.steps_per_epoch))
     batches = _ShardBatches(cfg, run, num_shards)
     during = AccuracyEvaluator(
         run.model.apply,

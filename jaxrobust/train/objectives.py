@@ -150,6 +150,28 @@ def trades(
     return objective
 
 
+def eps_warmup(
+    make: Callable[[float | Array], Objective], eps: float, warmup_steps: int
+) -> Objective:
+    """The objective `make(eps_t)` with the training ε ramped linearly from 0 to `eps` over
+    the first `warmup_steps` optimizer steps (eps_t = eps·min(1, (t + 1) / warmup_steps)).
+
+    A curriculum against the collapse of adversarial training to a constant prediction on
+    hard data with small models (Gowal et al. 2018 ramp ε the same way for IBP): the model
+    first learns features at small ε, which the full ε then makes robust. `make` builds the
+    objective from a (traced) radius, e.g. `lambda e: pgd_at(l2(e), steps=7)`; its default
+    step sizes follow the radius (ε/4 of the current ε). `warmup_steps <= 0` is `make(eps)`.
+    """
+    if warmup_steps <= 0:
+        return make(eps)
+
+    def objective(params, state, batch, key):
+        scale = jnp.minimum(1.0, (state.step.astype(jnp.float32) + 1.0) / warmup_steps)
+        return make(eps * scale)(params, state, batch, key)
+
+    return objective
+
+
 def make_train_step(objective: Objective) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """A jitted, state-donating training step: (state, batch) -> (state, metrics).
 
