@@ -51,8 +51,14 @@ PARTS = ("all", "synthetic", "digits")
 # ------------------------------------------------------------------------------ command line
 
 
-def parse_args(name: str, argv: Sequence[str] | None, doc: str | None) -> argparse.Namespace:
-    """`_common.parse_args`' command line (--smoke, --out, --seed) plus --part.
+def parse_args(
+    name: str,
+    argv: Sequence[str] | None,
+    doc: str | None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """`_common.parse_args`' command line (--smoke, --out, --seed) plus --part (and what
+    `extra(parser)` adds).
 
     --part all (default) runs the synthetic and the digits parts and embeds the digits
     results in NAME.json; --part digits writes only NAME_digits.json and its PNGs, so the
@@ -63,6 +69,8 @@ def parse_args(name: str, argv: Sequence[str] | None, doc: str | None) -> argpar
         parser.add_argument(
             "--part", choices=PARTS, default="all", help="which part to run (default: all)"
         )
+        if extra is not None:
+            extra(parser)
 
     return C.parse_args(name, argv, doc, extra=part)
 

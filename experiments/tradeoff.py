@@ -12,8 +12,12 @@ size, binomial SE). The theorem's bound is checked against the measured numbers.
 
 Real data (`_tradeoff_digits.py`): MLPs on the UCI digits trained with PGD-AT over
 ε_train (clean and PGD accuracy), the low-data regime, and input-gradient saliency.
+`--dataset shapes` (`_tradeoff_shapes.py`) runs the real-data trade-off on `shapes` instead,
+with and without the planted non-robust feature (only that part: the synthetic and digits
+results in DIR stay as they were; writes DIR/tradeoff_shapes.{json,png}).
 
     jaxrobust experiment tradeoff [--smoke] [--out DIR] [--seed S] [--part all|synthetic|digits]
+                                  [--dataset digits|shapes]
 
 Writes DIR/tradeoff.json and DIR/tradeoff_{bound,weights,accuracy_vs_eps}.png (synthetic),
 and DIR/tradeoff_digits.{json,png}, DIR/tradeoff_saliency.png (digits; with --part all the
@@ -30,6 +34,7 @@ import _digits as D
 import _tradeoff_digits as TD
 import _tradeoff_model as M
 import _tradeoff_plots as P
+import _tradeoff_shapes as TS
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -280,10 +285,21 @@ def synthetic_experiment(cfg: dict, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = D.parse_args(NAME, argv, __doc__)
+    def dataset(parser):
+        parser.add_argument(
+            "--dataset",
+            choices=("digits", "shapes"),
+            default="digits",
+            help="real data: digits (with --part) or shapes (only the shapes part)",
+        )
+
+    args = D.parse_args(NAME, argv, __doc__, extra=dataset)
     out = Path(args.out)
     t0 = time.perf_counter()
     size = "smoke" if args.smoke else "full"
+    if args.dataset == "shapes":
+        TS.shapes_experiment(TS.SETTINGS[size], out, args.smoke, args.seed)
+        return 0
     # Its own stream (not one of the synthetic part's), so --part digits draws the same numbers.
     k_digits = jax.random.fold_in(jax.random.key(args.seed), 2019)
     if args.part == "digits":
