@@ -9,7 +9,7 @@ same MLPs, optimiser, epochs and constructions):
 - `standard_wide`: standard training, the fresh-model MLP (the architecture of the D_rand /
   D_det models), another seed;
 - `robust_linf`: PGD-AT in ℓ∞ at nonrobust_features' ε (the source MLP);
-- `robust_l2`: PGD-AT in ℓ2 at the transfer attack's first ε (the source MLP);
+- `robust_l2`: PGD-AT in ℓ2 at `L2_TRAIN_EPS` (the source MLP);
 - `d_rand`, `d_det`: the fresh-model MLP trained with standard training on D_rand / D_det
   built from `standard_a` by `jaxrobust.features.build_dataset` (targeted ℓ2 PGD).
 
@@ -53,8 +53,9 @@ from jaxrobust.data import get_info, load_split
 
 NAME = "transferability"
 DATASETS = ("digits", "shapes")
-# The ℓ2 radii of the transfer attack (the first one also trains robust_l2), per image size.
-ATTACK_EPS = {"digits": (1.0, 2.0), "shapes": (0.5, 1.0)}
+# The ℓ2 radii of the transfer attack and robust_l2's PGD-AT radius, per image size.
+ATTACK_EPS = {"digits": (0.5, 1.0, 2.0), "shapes": (0.5, 1.0)}
+L2_TRAIN_EPS = {"digits": 1.0, "shapes": 0.5}
 _SHARED = (
     "source_hidden",
     "fresh_hidden",
@@ -94,7 +95,7 @@ def _models(s: dict, seed: int) -> dict[str, dict]:
             seed=seed + 4,
             data="original",
             threat="l2",
-            eps=s["attack_eps"][0],
+            eps=s["l2_train_eps"],
         ),
         "d_rand": dict(objective="standard", hidden=fresh, seed=seed + 5, data="d_rand"),
         "d_det": dict(objective="standard", hidden=fresh, seed=seed + 6, data="d_det"),
@@ -260,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     ds = args.dataset
     s = dict(SETTINGS["smoke" if args.smoke else "full"])
-    s.update(NRF._IMAGES[ds], attack_eps=ATTACK_EPS[ds])
+    s.update(NRF._IMAGES[ds], attack_eps=ATTACK_EPS[ds], l2_train_eps=L2_TRAIN_EPS[ds])
     kw = dict(s["dataset_kwargs"]) if ds == "shapes" else {}
     s["dataset_kwargs"] = kw
     x_test, y_test = load_split(ds, "test", limit=s["test"], dataset_kwargs=kw or None)
