@@ -20,10 +20,11 @@ from jaxrobust.train.loop import train
 
 
 def train_model(run_dir: Path, *, dataset: str, dataset_kwargs: dict, hidden, objective: str,
-                epochs: int, eps: float, seed: int) -> Any:  # fmt: skip
+                epochs: int, eps: float, seed: int, threat: str = "linf") -> Any:  # fmt: skip
     """Train (or reuse, when `run_dir` holds a finished run) an MLP with the library's
-    training loop; returns its logits_fn. The loop's own evaluation is switched off: the
-    experiment evaluates every model with one attack (`accuracy`)."""
+    training loop; returns its logits_fn. `threat` and `eps` are PGD-AT's ball (unused by
+    `objective="standard"`). The loop's own evaluation is switched off: the experiment
+    evaluates every model with one attack (`accuracy`)."""
     if not (run_dir / "metrics.json").is_file():
         cfg = default_config()
         cfg.dataset = dataset
@@ -31,7 +32,7 @@ def train_model(run_dir: Path, *, dataset: str, dataset_kwargs: dict, hidden, ob
             cfg.dataset_kwargs.update(dataset_kwargs)
         cfg.model.kwargs.hidden = tuple(hidden)
         cfg.objective = objective
-        cfg.threat = "linf"
+        cfg.threat = threat
         cfg.eps = float(eps)
         cfg.epochs = int(epochs)
         cfg.seed = int(seed)
