@@ -20,7 +20,15 @@ import ml_collections
 
 from jaxrobust.errors import ConfigError
 
-OBJECTIVES = ("standard", "pgd_at", "fast_at", "trades", "spatial_worst_of_k", "spatial_random")
+OBJECTIVES = (
+    "standard",
+    "pgd_at",
+    "fast_at",
+    "trades",
+    "spatial_worst_of_k",
+    "spatial_random",
+    "gaussian_noise",
+)
 EARLY_STOPPING_METRICS = ("validation_robust_accuracy", "validation_clean_accuracy")
 
 
@@ -52,6 +60,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.adversary.max_angle = 30.0  # spatial objectives: degrees
     c.adversary.max_shift = 0.1  # spatial objectives: fraction of the image side
     c.adversary.worst_of_k = 10
+
+    # Randomized smoothing (objective gaussian_noise): train on x + N(0, sigma^2 I); the
+    # `jaxrobust certify --method smoothing` default sigma for the run.
+    c.smoothing = ml_collections.ConfigDict()
+    c.smoothing.sigma = 0.25  # input units ([0, 1] images)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -319,6 +332,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if any(not _finite_at_least(e, 0) for e in eps_list):
         raise ConfigError(
             f"eval.eps_list must hold finite numbers >= 0 (0 = clean accuracy), got {eps_list}"
+        )
+    sigma = cfg.smoothing.sigma
+    if not _finite_at_least(sigma, 0) or sigma == 0:
+        raise ConfigError(
+            f"smoothing.sigma must be a finite number > 0 (the noise's standard deviation, "
+            f"in input units), got {sigma!r}"
         )
     for key, low in _LOWER_BOUNDS.items():
         if not _finite_at_least(_get(cfg, key), low):

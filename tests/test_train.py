@@ -17,6 +17,7 @@ from jaxrobust.threat import spatial
 from jaxrobust.train import (
     TrainState,
     fast_at,
+    gaussian_noise,
     make_schedule,
     make_train_step,
     pgd_at,
@@ -63,6 +64,7 @@ OBJECTIVES = {
     "trades": trades(linf(EPS), steps=3),
     "spatial_worst_of_k": spatial_worst_of_k(spatial(30, 1), k=3),
     "spatial_random": spatial_random(spatial(30, 1)),
+    "gaussian_noise": gaussian_noise(0.25),
 }
 
 

@@ -80,6 +80,8 @@ def build_objective(cfg: ml_collections.ConfigDict, info: DatasetInfo) -> object
     step_size = adv.step_size or None
     if cfg.objective == "standard":
         return objectives.standard()
+    if cfg.objective == "gaussian_noise":
+        return objectives.gaussian_noise(cfg.smoothing.sigma)
     if cfg.objective.startswith("spatial"):
         shift = adv.max_shift * info.image_shape[0]
         threat = spatial(adv.max_angle, shift)
@@ -688,6 +690,7 @@ _TRAINING_INPUTS = {
     "trades": "TRADES adversarial inputs",
     "spatial_worst_of_k": "worst-of-k rotated/shifted inputs",
     "spatial_random": "randomly rotated/shifted inputs",
+    "gaussian_noise": "Gaussian-noise inputs",
 }
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.attacks import fgsm, pgd, worst_of_k
-from jaxrobust.errors import without_callbacks
+from jaxrobust.errors import check_number, without_callbacks
 from jaxrobust.losses import Loss, cross_entropy, kl_divergence
 from jaxrobust.optimize import optimize
 from jaxrobust.threat import ThreatModel, spatial
@@ -106,6 +106,21 @@ def spatial_random(threat: ThreatModel | None = None) -> Objective:
     """Data augmentation with one uniformly random rotation/translation per example."""
     threat = spatial() if threat is None else threat
     return _adversarial(lambda f, x, y, key: threat.apply(x, threat.init(key, x)))
+
+
+def gaussian_noise(sigma: float) -> Objective:
+    """Cohen, Rosenfeld & Kolter (2019): train the base classifier of randomized smoothing
+    on x + N(0, σ²I), one fresh draw per example and step (unclipped, like the noise that
+    `jaxrobust.certify.certify` adds). σ is in input units and should match the σ the
+    model is certified with."""
+    sigma = check_number(sigma, "sigma (the noise's standard deviation)", 0.0, lo_open=True)
+
+    def objective(params, state, batch, key):
+        x, y = batch["image"], batch["label"]
+        noisy = x + sigma * jax.random.normal(key, x.shape, x.dtype)
+        return _supervised(state, params, noisy, y)
+
+    return objective
 
 
 def trades(
