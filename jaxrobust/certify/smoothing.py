@@ -207,10 +207,11 @@ def noise(
     so it does not depend on how examples and samples are grouped into passes."""
     sample_ids = start + jnp.arange(samples)
 
-    def one(i: Array, s: Array) -> Array:
-        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), s), shape, dtype)
+    def draws(example_key: Array) -> Array:
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(example_key, sample_ids)
+        return jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys)
 
-    return jax.vmap(lambda i: jax.vmap(lambda s: one(i, s))(sample_ids))(index)
+    return jax.vmap(draws)(jax.vmap(jax.random.fold_in, (None, 0))(key, index))
 
 
 # ------------------------------------------------------------------ host-side driver
@@ -250,7 +251,9 @@ class _Counter:
         pad = self.batch_size - m
         xb = np.concatenate([x, np.repeat(x[:1], pad, axis=0)]) if pad else x
         xb = jnp.asarray(xb) if self.mesh is None else shard_global_batch(xb, self.mesh)
-        program = _program(num, self.num_classes, self.chunk, self.mesh)
+        # The chunk is clamped here too, so that settings that run the same passes share
+        # one compiled program.
+        program = _program(num, self.num_classes, min(self.chunk, num), self.mesh)
         counts = program(self.model, xb, key, jnp.int32(start), jnp.float32(sigma))
         return np.asarray(counts)[:m]
 
