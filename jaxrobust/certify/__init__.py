@@ -19,8 +19,10 @@ from jaxrobust.errors import ConfigError
 if TYPE_CHECKING:
     from jaxrobust.certify.smoothing import (
         ABSTAIN,
+        AttackCheck,
         Certificate,
         Prediction,
+        attack_certificates,
         certified_accuracy,
         certified_accuracy_curve,
         certify,
@@ -40,6 +42,8 @@ METHODS: dict[str, str | None] = {
 
 _SMOOTHING = (
     "ABSTAIN",
+    "AttackCheck",
+    "attack_certificates",
     "Certificate",
     "Prediction",
     "certified_accuracy",
@@ -79,8 +83,10 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ABSTAIN",
     "METHODS",
+    "AttackCheck",
     "Certificate",
     "Prediction",
+    "attack_certificates",
     "certified_accuracy",
     "certified_accuracy_curve",
     "certify",

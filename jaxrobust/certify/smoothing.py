@@ -550,3 +550,126 @@ def smoothed_logits_fn(
         return jax.nn.logsumexp(logp, axis=1) - jnp.log(samples)
 
     return fn
+
+
+class AttackCheck(NamedTuple):
+    """`attack_certificates`' outcome over the N examples of a certificate.
+
+    attacked: (N,) bool, the examples attacked (certified correct: prediction == y and
+    radius > 0); x_adv: (N, ...) the attack's input (x where not attacked), within the
+    certified radius; surrogate_fooled: (N,) bool, the EOT surrogate misclassifies x_adv;
+    prediction: (N,) `predict`'s smoothed class at x_adv with fresh noise (-2 where not
+    attacked); violated: (N,) bool, a returned class other than y at x_adv (abstaining is
+    no violation).
+    """
+
+    attacked: np.ndarray
+    x_adv: np.ndarray
+    surrogate_fooled: np.ndarray
+    prediction: np.ndarray
+    violated: np.ndarray
+
+
+def attack_certificates(
+    logits_fn: LogitsFn,
+    x: Any,
+    y: Any,
+    certificate: Certificate,
+    key: Array,
+    *,
+    eot_samples: int = 32,
+    steps: int = 100,
+    losses: Sequence[str] = ("ce", "dlr"),
+    n: int | None = None,
+    alpha: float | None = None,
+    batch_size: int = 32,
+    chunk: int = DEFAULT_CHUNK,
+    lo: float = 0.0,
+    hi: float = 1.0,
+) -> AttackCheck:
+    """Try to break each certificate: attack the smoothed classifier inside the radius.
+
+    Every example certified correct is attacked at ℓ2 ε = its certified radius by APGD
+    (each loss of `losses`, the library's `rand` suite for randomised models) on the EOT
+    surrogate `smoothed_logits_fn` (log of the mean softmax over `eot_samples` fixed noise
+    draws); the smoothed prediction at each attack's input is then re-estimated with
+    fresh noise by `predict` (n samples, level alpha; default the certificate's). A
+    violation is a returned class other than y at any attack's input. A sound certificate
+    is violated only through the failure probabilities of `certify` and `predict` (at
+    most about 2·alpha per example).
+
+    Returns:
+      `AttackCheck` (x_adv and the prediction of the first loss whose input was violated,
+      else of the last loss).
+    Raises:
+      InputError: as `predict`, or labels / a certificate that do not match x.
+    """
+    from jaxrobust.attacks.apgd import apgd
+    from jaxrobust.threat import l2
+
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y)
+    num_classes = _check_inputs(logits_fn, x, lo, hi)
+    check_key(key)
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"y must hold {len(x)} integer labels, got shape {y.shape} {y.dtype}")
+    check_labels(y, num_classes)
+    if np.shape(certificate.prediction) != (len(x),):
+        raise InputError(
+            f"the certificate covers {np.shape(certificate.prediction)} examples, x has {len(x)}"
+        )
+    n = certificate.n if n is None else _check_samples(n, "n")
+    alpha = certificate.alpha if alpha is None else _check_alpha(alpha)
+    eot_samples = _check_samples(eot_samples, "eot_samples")
+    steps = check_int(steps, "steps", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    sigma = certificate.sigma
+    radius = np.asarray(certificate.radius, np.float32)
+    attacked = (np.asarray(certificate.prediction) == y) & (radius > 0)
+    idx = np.flatnonzero(attacked)
+    x_adv = x.copy()
+    fooled = np.zeros(len(x), bool)
+    prediction = np.full(len(x), -2, np.int64)
+    violated = np.zeros(len(x), bool)
+    if not len(idx):
+        return AttackCheck(attacked, x_adv, fooled, prediction, violated)
+    k_eot, k_attack, k_predict = (jax.random.fold_in(key, i) for i in range(3))
+    surrogate = smoothed_logits_fn(logits_fn, k_eot, sigma=sigma, samples=eot_samples)
+    attack = jax.jit(
+        lambda xb, yb, eps, k, loss: apgd(
+            surrogate, xb, yb, k, threat=l2(eps, lo=lo, hi=hi), steps=steps, loss=loss
+        ),
+        static_argnames="loss",
+    )
+    for li, loss in enumerate(losses):
+        for s in range(0, len(idx), batch_size):
+            rows = idx[s : s + batch_size]
+            pad = batch_size - len(rows)
+            take = np.concatenate([rows, np.repeat(rows[:1], pad)])
+            res = attack(
+                jnp.asarray(x[take]),
+                jnp.asarray(y[take], jnp.int32),
+                jnp.asarray(radius[take]),
+                jax.random.fold_in(k_attack, li * len(idx) + s),
+                loss,
+            )
+            cand = np.asarray(res.x_adv)[: len(rows)]
+            pred = predict(
+                logits_fn,
+                cand,
+                jax.random.fold_in(k_predict, li * len(idx) + s),
+                sigma=sigma,
+                n=n,
+                alpha=alpha,
+                batch_size=batch_size,
+                chunk=chunk,
+                lo=lo,
+                hi=hi,
+            ).prediction
+            bad = (pred != ABSTAIN) & (pred != y[rows])
+            keep = ~violated[rows]  # the first violating input is kept
+            x_adv[rows[keep]] = cand[keep]
+            prediction[rows[keep]] = pred[keep]
+            fooled[rows] |= np.asarray(res.success)[: len(rows)]
+            violated[rows] |= bad
+    return AttackCheck(attacked, x_adv, fooled, prediction, violated)
