@@ -94,6 +94,44 @@ def test_certify_is_deterministic_and_independent_of_batching():
     assert not np.array_equal(a.count, other.count)
 
 
+_SHARDED = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import jax
+from test_smoothing import KW, _points, linear
+from jaxrobust.certify import smoothing as sm
+x, _, _, sigma = _points()
+c = sm.certify(linear, x, jax.random.key(1), sigma=sigma, **KW)
+print(json.dumps({"devices": jax.device_count(), "count": c.count.tolist()}))
+"""
+
+
+def test_certify_sharded_over_two_devices_gives_the_same_certificates():
+    """The batches are sharded over 2 (simulated CPU) devices in a subprocess: the counts
+    are those of one device, bit for bit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    x, _, _, sigma = _points()
+    one = sm.certify(linear, x, jax.random.key(1), sigma=sigma, **KW)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env["JAX_PLATFORMS"] = "cpu"
+    tests = str(Path(__file__).parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED, tests],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    two = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert two["devices"] == 2
+    assert two["count"] == one.count.tolist()
+
+
 def test_predict_abstains_on_a_tie_and_not_on_a_clear_winner():
     from scipy.stats import binomtest
 
