@@ -41,6 +41,8 @@ def _default_out(cfg) -> Path:
     eps = cfg.threat + (f"{cfg.eps:g}" if not cfg.objective.startswith("spatial") else "spatial")
     if cfg.objective == "gaussian_noise":  # trained on noise, no threat model
         eps = f"sigma{cfg.smoothing.sigma:g}"
+    if cfg.objective == "smooth_adv":
+        eps += f"-sigma{cfg.smoothing.sigma:g}"
     # A derived dataset's name holds its folder's path: name the run after the folder. Runs
     # on the same dataset with other parameters get their own directory.
     dataset = Path(cfg.dataset.removeprefix("derived:")).name or "derived"
@@ -455,7 +457,7 @@ def _certify_smoothing(args: argparse.Namespace, run_dir: Path, out: Path) -> in
     run, state, _ = restore_run(run_dir, best=args.best, step=args.step, warn=_warn)
     cfg = run.cfg
     sigma = args.sigma if args.sigma is not None else float(cfg.smoothing.sigma)
-    if args.sigma is None and cfg.objective != "gaussian_noise":
+    if args.sigma is None and cfg.objective not in ("gaussian_noise", "smooth_adv"):
         _warn(
             f"the run was trained with objective {cfg.objective!r}, not gaussian_noise: "
             f"certifying with its config's smoothing.sigma = {sigma:g} (pass --sigma)"

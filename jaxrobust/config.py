@@ -28,6 +28,7 @@ OBJECTIVES = (
     "spatial_worst_of_k",
     "spatial_random",
     "gaussian_noise",
+    "smooth_adv",
 )
 EARLY_STOPPING_METRICS = ("validation_robust_accuracy", "validation_clean_accuracy")
 
@@ -65,6 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
     # `jaxrobust certify --method smoothing` default sigma for the run.
     c.smoothing = ml_collections.ConfigDict()
     c.smoothing.sigma = 0.25  # input units ([0, 1] images)
+    # smooth_adv (Salman et al. 2019): PGD (adversary.steps, threat, eps) on the smoothed
+    # classifier estimated over `samples` noise draws, then training on those noisy copies.
+    c.smoothing.samples = 1
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -280,6 +284,7 @@ _LOWER_BOUNDS: dict[str, float] = {
     "adversary.max_angle": 0,
     "adversary.max_shift": 0,
     "adversary.worst_of_k": 1,
+    "smoothing.samples": 1,
     "optimizer.learning_rate": 0,
     "optimizer.momentum": 0,
     "optimizer.weight_decay": 0,

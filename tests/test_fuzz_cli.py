@@ -127,6 +127,7 @@ _VALID_NAMES = {
     "cifar100",
     *("standard", "pgd_at", "fast_at", "trades", "spatial_worst_of_k", "spatial_random"),
     "gaussian_noise",
+    "smooth_adv",
     *("linf", "l2", "l1", "adam", "adamw", "sgd", "constant", "piecewise", "cosine", "cyclic"),
     *("validation_robust_accuracy", "validation_clean_accuracy", ""),
     *("mlp", "small_cnn", "madry_cnn", "preact_resnet18", "wide_resnet"),

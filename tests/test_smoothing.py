@@ -303,6 +303,16 @@ def test_gaussian_noise_objective_and_config():
     assert cfg.smoothing.sigma == 0.5
     with pytest.raises(ConfigError, match=r"smoothing\.sigma"):
         load_config("smoke", ["objective=gaussian_noise", "smoothing.sigma=0"])
+    with pytest.raises(ConfigError, match=r"smoothing\.samples"):
+        load_config("smoke", ["objective=smooth_adv", "smoothing.samples=0"])
+    # Both objectives are built from the config (the training steps: tests/test_train.py).
+    from jaxrobust.data.datasets import get_info
+    from jaxrobust.train.loop import build_objective
+
+    info = get_info("digits")
+    for name in ("gaussian_noise", "smooth_adv"):
+        overrides = [f"objective={name}", "threat=l2", "eps=0.5", "smoothing.samples=2"]
+        assert callable(build_objective(load_config("smoke", overrides), info))
 
 
 def test_certify_method_table_names_what_is_available():

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxrobust import linf, pgd
+from jaxrobust import l2, linf, pgd
 from jaxrobust.config import apply_overrides, default_config, load_config, smoke_config
 from jaxrobust.errors import ConfigError
 from jaxrobust.models import MLP
@@ -21,6 +21,7 @@ from jaxrobust.train import (
     make_schedule,
     make_train_step,
     pgd_at,
+    smooth_adv,
     spatial_random,
     spatial_worst_of_k,
     standard,
@@ -65,6 +66,7 @@ OBJECTIVES = {
     "spatial_worst_of_k": spatial_worst_of_k(spatial(30, 1), k=3),
     "spatial_random": spatial_random(spatial(30, 1)),
     "gaussian_noise": gaussian_noise(0.25),
+    "smooth_adv": smooth_adv(l2(0.5), 0.25, samples=2, steps=2),
 }
 
 

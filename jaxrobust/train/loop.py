@@ -93,6 +93,14 @@ def build_objective(cfg: ml_collections.ConfigDict, info: DatasetInfo) -> object
         return objectives.pgd_at(threat, steps=adv.steps, step_size=step_size)
     if cfg.objective == "fast_at":
         return objectives.fast_at(threat, alpha=adv.fast_alpha)
+    if cfg.objective == "smooth_adv":
+        return objectives.smooth_adv(
+            threat,
+            cfg.smoothing.sigma,
+            samples=cfg.smoothing.samples,
+            steps=adv.steps,
+            step_size=step_size,
+        )
     if cfg.objective == "trades":
         return objectives.trades(threat, beta=adv.trades_beta, steps=adv.steps, step_size=step_size)
     raise ConfigError(f"unknown objective {cfg.objective!r}")
@@ -691,6 +699,7 @@ _TRAINING_INPUTS = {
     "spatial_worst_of_k": "worst-of-k rotated/shifted inputs",
     "spatial_random": "randomly rotated/shifted inputs",
     "gaussian_noise": "Gaussian-noise inputs",
+    "smooth_adv": "Gaussian noise on SmoothAdv adversarial inputs",
 }
 
 
