@@ -1,4 +1,4 @@
-"""The `jaxrobust` command: train, eval and attack.
+"""The `jaxrobust` command: train, eval, attack and certify.
 
     jaxrobust train [--config NAME|FILE] [--set key=value ...] [--out DIR] [--step N]
                     [--coordinator HOST:PORT --num-processes N --process-id I]
@@ -6,6 +6,8 @@
                    [--best | --step N] [--resume]
                    [--coordinator HOST:PORT --num-processes N --process-id I]
     jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR] [--best | --step N]
+    jaxrobust certify RUN_DIR --method smoothing [--sigma S] [--n0 N0] [--n N] [--alpha A]
+                      [--radii R ...] [--best | --step N] [--limit N] [--resume]
     jaxrobust experiment NAME [--smoke] [--out DIR]
 
 Bad input exits with status 2 and one line naming the problem (no traceback), before
@@ -36,13 +38,17 @@ class _Interrupted(Exception):
 
 
 def _default_out(cfg) -> Path:
-    eps = f"{cfg.eps:g}" if not cfg.objective.startswith("spatial") else "spatial"
+    eps = cfg.threat + (f"{cfg.eps:g}" if not cfg.objective.startswith("spatial") else "spatial")
+    if cfg.objective == "gaussian_noise":  # trained on noise, no threat model
+        eps = f"sigma{cfg.smoothing.sigma:g}"
+    if cfg.objective == "smooth_adv":
+        eps += f"-sigma{cfg.smoothing.sigma:g}"
     # A derived dataset's name holds its folder's path: name the run after the folder. Runs
     # on the same dataset with other parameters get their own directory.
     dataset = Path(cfg.dataset.removeprefix("derived:")).name or "derived"
     params = "".join(f"-{k}{v}" for k, v in sorted(cfg.dataset_kwargs.to_dict().items()))
     dataset = f"{dataset}{params}"
-    return Path("runs") / f"{dataset}_{cfg.objective}_{cfg.threat}{eps}_seed{cfg.seed}"
+    return Path("runs") / f"{dataset}_{cfg.objective}_{eps}_seed{cfg.seed}"
 
 
 # ----------------------------------------------------------------------- argument types
@@ -402,6 +408,169 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unit_interval(text: str) -> float:
+    """alpha: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    """sigma: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+CERTIFY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""The ℓ2 radii `jaxrobust certify --method smoothing` reports by default."""
+
+
+def _cmd_certify(args: argparse.Namespace) -> int:
+    from jaxrobust.certify import method_module
+
+    run_dir = _check_run_dir(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "certify"
+    _check_out(out, "--out")
+    method_module(args.method)  # unknown or not in this build: a ConfigError, before JAX
+    _start_jax()
+    return _CERTIFIERS[args.method](args, run_dir, out)
+
+
+def _certify_smoothing(args: argparse.Namespace, run_dir: Path, out: Path) -> int:
+    """Randomized smoothing: certify the run's model as the base classifier."""
+    import jax
+    import numpy as np
+
+    from jaxrobust import report
+    from jaxrobust.certify import smoothing
+    from jaxrobust.train.loop import restore_run
+
+    run, state, _ = restore_run(run_dir, best=args.best, step=args.step, warn=_warn)
+    cfg = run.cfg
+    sigma = args.sigma if args.sigma is not None else float(cfg.smoothing.sigma)
+    if args.sigma is None and cfg.objective not in ("gaussian_noise", "smooth_adv"):
+        _warn(
+            f"the run was trained with objective {cfg.objective!r}, not gaussian_noise: "
+            f"certifying with its config's smoothing.sigma = {sigma:g} (pass --sigma)"
+        )
+    radii = sorted(set(args.radii if args.radii else CERTIFY_RADII))
+    x, y = _load_split_of_run(run, args.split, args.limit)
+    # Finished batches are always recorded, so that an interrupted run can go on with
+    # --resume; without it a run starts afresh.
+    state_file = out / "certify_state.json"
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        state_file.unlink(missing_ok=True)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(y), desc="certify", unit="example")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    t0 = time.perf_counter()
+    try:
+        cert = smoothing.certify(
+            state.logits_fn(),
+            x,
+            jax.random.key(args.seed),
+            sigma=sigma,
+            n0=args.n0,
+            n=args.n,
+            alpha=args.alpha,
+            batch_size=args.batch_size,
+            chunk=args.chunk,
+            state_file=state_file,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        kept = "the finished batches are" if state_file.is_file() else "nothing is"
+        raise _Interrupted(
+            f"{kept} kept in {state_file}: run the same command with --resume to go on"
+        ) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    accuracy = smoothing.certified_accuracy(cert, y, radii)
+    curve_r, curve_acc = smoothing.certified_accuracy_curve(cert, y)
+    abstained = cert.prediction == smoothing.ABSTAIN
+    metrics = {
+        "run": str(args.run_dir),
+        "checkpoint": "best" if args.best else "latest" if args.step is None else "step",
+        "checkpoint_step": int(state.step),
+        "dataset": cfg.dataset,
+        "split": args.split,
+        "num_examples": len(y),
+        "method": "smoothing",
+        "smoothing": {
+            "sigma": sigma,
+            "n0": args.n0,
+            "n": args.n,
+            "alpha": args.alpha,
+            "seed": args.seed,
+            "certified_accuracy": {
+                f"{r:g}": float(a) for r, a in zip(radii, accuracy, strict=True)
+            },
+            "certified_accuracy_means": (
+                "fraction of the num_examples examples whose smoothed prediction is the label "
+                "and whose certified l2 radius (Cohen et al. 2019 CERTIFY, one-sided "
+                "Clopper-Pearson bound at level 1 - alpha) is >= the radius"
+            ),
+            "abstain_rate": float(abstained.mean()),
+            "smoothed_accuracy": float(np.mean(cert.prediction == y)),
+            "max_certifiable_radius": smoothing.max_radius(args.n, args.alpha, sigma),
+            "mean_certified_radius_of_correct": (
+                float(cert.radius[cert.prediction == y].mean())
+                if np.any(cert.prediction == y)
+                else 0.0
+            ),
+            "curve": {"radius": curve_r.tolist(), "certified_accuracy": curve_acc.tolist()},
+        },
+        "seconds": seconds,
+        "devices": jax.device_count(),
+    }
+    report.write_json(out / "metrics.json", metrics)
+    np.savez_compressed(
+        out / "certificates.npz",
+        prediction=cert.prediction,
+        radius=cert.radius,
+        p_a_lower=cert.p_a_lower,
+        count=cert.count,
+        label=np.asarray(y),
+    )
+    report.plot_accuracy_vs_eps(
+        {f"smoothing σ={sigma:g} (n={args.n}, α={args.alpha:g})": (curve_r, curve_acc)},
+        out / "certified_accuracy_vs_radius.png",
+        title=f"{cfg.dataset}: certified accuracy ({len(y)} examples)",
+        xlabel="ℓ2 radius",
+    )
+    for r, a in zip(radii, accuracy, strict=True):
+        print(f"radius={r:g}: certified accuracy {a:.4f}")
+    print(
+        f"smoothing sigma={sigma:g}, n0={args.n0}, n={args.n}, alpha={args.alpha:g}: "
+        f"{len(y)} examples in {seconds:.1f} s, abstained on {abstained.mean():.1%}; "
+        f"report in {out}"
+    )
+    return 0
+
+
+# `--method` name -> its certifier (method availability: jaxrobust.certify.METHODS).
+_CERTIFIERS = {"smoothing": _certify_smoothing}
+
+
 def experiments_dir() -> Path:
     """The repository's experiments/ folder (experiments ship with the source checkout)."""
     return Path(__file__).resolve().parents[1] / "experiments"
@@ -495,6 +664,36 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=_positive_int, default=50)
             p.add_argument("--eps", type=_radius, help="default: the run's training ε")
             p.add_argument("--num", type=_positive_int, default=16, help="number of examples")
+    p = sub.add_parser("certify", help="certified robustness of a run's model (smoothing)")
+    p.add_argument("run_dir", help="a directory written by `jaxrobust train`")
+    p.add_argument(
+        "--method",
+        default="smoothing",
+        help="smoothing (randomized smoothing, l2); ibp | crown-ibp where available",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--best", action="store_true", help="use the best checkpoint")
+    which.add_argument("--step", type=_non_negative_int, metavar="N", help="checkpoint step N")
+    p.add_argument(
+        "--split", default="test", help="test (default), train (without held-out) or validation"
+    )
+    p.add_argument("--limit", type=_positive_int, help="certify the first N examples")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/certify)")
+    p.add_argument("--sigma", type=_positive_number, help="noise std (default: the run's)")
+    p.add_argument("--n0", type=_positive_int, default=100, help="selection samples")
+    p.add_argument("--n", type=_positive_int, default=10_000, help="estimation samples")
+    p.add_argument("--alpha", type=_unit_interval, default=0.001, help="failure probability")
+    p.add_argument(
+        "--radii", type=_radius, nargs="+", help=f"l2 radii to report (default {CERTIFY_RADII})"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="examples per batch")
+    p.add_argument("--chunk", type=_positive_int, default=1000, help="samples per model pass")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument(
+        "--resume", action="store_true", help="go on from OUT/certify_state.json (finished batches)"
+    )
+    p.set_defaults(fn=_cmd_certify)
+
     p = sub.add_parser("experiment", help="run a paper reproduction from experiments/")
     p.add_argument("name", help="experiment module name, e.g. sample_complexity")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="its own options (--smoke, --out)")

@@ -20,7 +20,16 @@ import ml_collections
 
 from jaxrobust.errors import ConfigError
 
-OBJECTIVES = ("standard", "pgd_at", "fast_at", "trades", "spatial_worst_of_k", "spatial_random")
+OBJECTIVES = (
+    "standard",
+    "pgd_at",
+    "fast_at",
+    "trades",
+    "spatial_worst_of_k",
+    "spatial_random",
+    "gaussian_noise",
+    "smooth_adv",
+)
 EARLY_STOPPING_METRICS = ("validation_robust_accuracy", "validation_clean_accuracy")
 
 
@@ -55,6 +64,14 @@ def default_config() -> ml_collections.ConfigDict:
     # pgd_at, fast_at, trades: ramp the training ε linearly from 0 over this many epochs
     # (a curriculum against collapse to a constant prediction on hard data); 0 = off.
     c.adversary.eps_warmup_epochs = 0.0
+
+    # Randomized smoothing (objective gaussian_noise): train on x + N(0, sigma^2 I); the
+    # `jaxrobust certify --method smoothing` default sigma for the run.
+    c.smoothing = ml_collections.ConfigDict()
+    c.smoothing.sigma = 0.25  # input units ([0, 1] images)
+    # smooth_adv (Salman et al. 2019): PGD (adversary.steps, threat, eps) on the smoothed
+    # classifier estimated over `samples` noise draws, then training on those noisy copies.
+    c.smoothing.samples = 1
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -271,6 +288,7 @@ _LOWER_BOUNDS: dict[str, float] = {
     "adversary.max_shift": 0,
     "adversary.worst_of_k": 1,
     "adversary.eps_warmup_epochs": 0,
+    "smoothing.samples": 1,
     "optimizer.learning_rate": 0,
     "optimizer.momentum": 0,
     "optimizer.weight_decay": 0,
@@ -323,6 +341,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if any(not _finite_at_least(e, 0) for e in eps_list):
         raise ConfigError(
             f"eval.eps_list must hold finite numbers >= 0 (0 = clean accuracy), got {eps_list}"
+        )
+    sigma = cfg.smoothing.sigma
+    if not _finite_at_least(sigma, 0) or sigma == 0:
+        raise ConfigError(
+            f"smoothing.sigma must be a finite number > 0 (the noise's standard deviation, "
+            f"in input units), got {sigma!r}"
         )
     for key, low in _LOWER_BOUNDS.items():
         if not _finite_at_least(_get(cfg, key), low):

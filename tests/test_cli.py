@@ -356,6 +356,8 @@ def test_attack_success_rate_counts_correct_examples_only(run_dir, tmp_path, cap
         ("trades", "TRADES adversarial inputs"),
         ("spatial_worst_of_k", "rotated/shifted"),
         ("spatial_random", "rotated/shifted"),
+        ("gaussian_noise", "Gaussian-noise inputs"),
+        ("smooth_adv", "SmoothAdv adversarial inputs"),
     ],
 )
 def test_training_curve_legend_says_what_train_accuracy_measures(objective, inputs):

@@ -97,13 +97,17 @@ def _bad_for(key: str, default) -> st.SearchStrategy[str]:
         return st.one_of(below, floats, too_big, _NAN_INF, _JUNK)
     if isinstance(default, float):
         low = _LOWER_BOUNDS.get(key, 0)
-        below = st.floats(max_value=low, exclude_max=True, allow_nan=False, allow_infinity=False)
+        # `exclude_max` still lets -0.0 through at max_value=0 (it orders -0.0 below 0.0), and
+        # "-0.0" is a valid value: filter on the number itself.
+        below = st.floats(
+            max_value=low, exclude_max=True, allow_nan=False, allow_infinity=False
+        ).filter(lambda v: v < low)
         return st.one_of(below.map(repr), _NAN_INF, _JUNK)
     if isinstance(default, tuple):  # eval.eps_list: numbers >= 0
         bad_number = st.one_of(
-            st.floats(max_value=0, allow_nan=False, allow_infinity=False)
-            .filter(lambda v: v < 0)
-            .map(repr),
+            # Negated positives: hypothesis 6.170 lets 0.0 through
+            # `floats(max_value=0).filter(lambda v: v < 0)` inside `lists` (a valid value).
+            st.floats(min_value=1e-300, max_value=1e300).map(lambda v: repr(-v)),
             st.sampled_from(["1e999", "'a'", "None", "[0.1]"]),
         )
         return st.one_of(
@@ -126,6 +130,8 @@ _VALID_NAMES = {
     "svhn",
     "cifar100",
     *("standard", "pgd_at", "fast_at", "trades", "spatial_worst_of_k", "spatial_random"),
+    "gaussian_noise",
+    "smooth_adv",
     *("linf", "l2", "l1", "adam", "adamw", "sgd", "constant", "piecewise", "cosine", "cyclic"),
     *("validation_robust_accuracy", "validation_clean_accuracy", ""),
     *("mlp", "small_cnn", "madry_cnn", "preact_resnet18", "wide_resnet"),

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxrobust import linf, pgd
+from jaxrobust import l2, linf, pgd
 from jaxrobust.config import apply_overrides, default_config, load_config, smoke_config
 from jaxrobust.errors import ConfigError
 from jaxrobust.models import MLP
@@ -17,9 +17,11 @@ from jaxrobust.threat import spatial
 from jaxrobust.train import (
     TrainState,
     fast_at,
+    gaussian_noise,
     make_schedule,
     make_train_step,
     pgd_at,
+    smooth_adv,
     spatial_random,
     spatial_worst_of_k,
     standard,
@@ -63,6 +65,8 @@ OBJECTIVES = {
     "trades": trades(linf(EPS), steps=3),
     "spatial_worst_of_k": spatial_worst_of_k(spatial(30, 1), k=3),
     "spatial_random": spatial_random(spatial(30, 1)),
+    "gaussian_noise": gaussian_noise(0.25),
+    "smooth_adv": smooth_adv(l2(0.5), 0.25, samples=2, steps=2),
 }
 
 
@@ -254,14 +258,16 @@ def test_config_eps_warmup_trains_on_the_ramped_adversary(batch):
         build_objective(load_config(None, [*base, "adversary.eps_warmup_epochs=2"]), info)
 
 
-def test_resume_accepts_runs_saved_before_eps_warmup_existed():
-    """A run saved before adversary.eps_warmup_epochs existed ran without warm-up: resuming
-    it with the default is no config change; with a warm-up it is."""
+def test_resume_accepts_runs_saved_before_new_keys_existed():
+    """A run saved before adversary.eps_warmup_epochs and the smoothing section existed ran
+    without them: resuming it with their defaults is no config change; with others it is."""
     from jaxrobust.train.loop import _as_json_config, _config_diff
 
     now = _as_json_config(default_config())
     saved = _as_json_config(default_config())
     del saved["adversary"]["eps_warmup_epochs"]
+    del saved["smoothing"]
     assert _config_diff(now, saved) == []
     now["adversary"]["eps_warmup_epochs"] = 2.0
-    assert _config_diff(now, saved) == ["adversary.eps_warmup_epochs"]
+    now["smoothing"]["sigma"] = 0.5
+    assert _config_diff(now, saved) == ["adversary.eps_warmup_epochs", "smoothing"]

@@ -1,10 +1,13 @@
-"""Robust training: `TrainState`, objectives (standard, PGD-AT, fast-AT, TRADES, spatial),
+"""Robust training: `TrainState`, objectives (standard, PGD-AT, fast-AT, TRADES, spatial,
+Gaussian noise for randomized smoothing),
 optax optimizers and schedules, the jitted step and the checkpointed training loop."""
 
 from jaxrobust.train.objectives import (
     fast_at,
+    gaussian_noise,
     make_train_step,
     pgd_at,
+    smooth_adv,
     spatial_random,
     spatial_worst_of_k,
     standard,
@@ -16,10 +19,12 @@ from jaxrobust.train.state import TrainState
 __all__ = [
     "TrainState",
     "fast_at",
+    "gaussian_noise",
     "make_optimizer",
     "make_schedule",
     "make_train_step",
     "pgd_at",
+    "smooth_adv",
     "spatial_random",
     "spatial_worst_of_k",
     "standard",

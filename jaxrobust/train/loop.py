@@ -86,13 +86,15 @@ def build_objective(
     step_size = adv.step_size or None
     if cfg.objective == "standard":
         return objectives.standard()
+    if cfg.objective == "gaussian_noise":
+        return objectives.gaussian_noise(cfg.smoothing.sigma)
     if cfg.objective.startswith("spatial"):
         shift = adv.max_shift * info.image_shape[0]
         threat = spatial(adv.max_angle, shift)
         if cfg.objective == "spatial_random":
             return objectives.spatial_random(threat)
         return objectives.spatial_worst_of_k(threat, k=adv.worst_of_k)
-    if cfg.objective not in ("pgd_at", "fast_at", "trades"):
+    if cfg.objective not in ("pgd_at", "fast_at", "trades", "smooth_adv"):
         raise ConfigError(f"unknown objective {cfg.objective!r}")
     warmup_steps = round(adv.eps_warmup_epochs * steps_per_epoch)
     if adv.eps_warmup_epochs > 0 and warmup_steps < 1:
@@ -110,6 +112,14 @@ def build_objective(
             return objectives.pgd_at(threat, steps=adv.steps, step_size=step)
         if cfg.objective == "fast_at":
             return objectives.fast_at(threat, alpha=adv.fast_alpha)
+        if cfg.objective == "smooth_adv":
+            return objectives.smooth_adv(
+                threat,
+                cfg.smoothing.sigma,
+                samples=cfg.smoothing.samples,
+                steps=adv.steps,
+                step_size=step,
+            )
         return objectives.trades(threat, beta=adv.trades_beta, steps=adv.steps, step_size=step)
 
     return objectives.eps_warmup(make, cfg.eps, warmup_steps)
@@ -117,7 +127,10 @@ def build_objective(
 
 # Keys added to the config after a run was saved: a run that predates one of them ran with
 # its default, so resuming it with the default is no change of config.
-_ADDED_LATER = {"adversary.eps_warmup_epochs": 0.0}
+_ADDED_LATER = {
+    "adversary.eps_warmup_epochs": 0.0,
+    "smoothing": {"sigma": 0.25, "samples": 1},
+}
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -714,6 +727,8 @@ _TRAINING_INPUTS = {
     "trades": "TRADES adversarial inputs",
     "spatial_worst_of_k": "worst-of-k rotated/shifted inputs",
     "spatial_random": "randomly rotated/shifted inputs",
+    "gaussian_noise": "Gaussian-noise inputs",
+    "smooth_adv": "Gaussian noise on SmoothAdv adversarial inputs",
 }
 
 

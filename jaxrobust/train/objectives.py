@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.attacks import fgsm, pgd, worst_of_k
-from jaxrobust.errors import without_callbacks
+from jaxrobust.errors import check_int, check_number, without_callbacks
 from jaxrobust.losses import Loss, cross_entropy, kl_divergence
 from jaxrobust.optimize import optimize
 from jaxrobust.threat import ThreatModel, spatial
@@ -106,6 +106,68 @@ def spatial_random(threat: ThreatModel | None = None) -> Objective:
     """Data augmentation with one uniformly random rotation/translation per example."""
     threat = spatial() if threat is None else threat
     return _adversarial(lambda f, x, y, key: threat.apply(x, threat.init(key, x)))
+
+
+def gaussian_noise(sigma: float) -> Objective:
+    """Cohen, Rosenfeld & Kolter (2019): train the base classifier of randomized smoothing
+    on x + N(0, σ²I), one fresh draw per example and step (unclipped, like the noise that
+    `jaxrobust.certify.certify` adds). σ is in input units and should match the σ the
+    model is certified with."""
+    sigma = check_number(sigma, "sigma (the noise's standard deviation)", 0.0, lo_open=True)
+
+    def objective(params, state, batch, key):
+        x, y = batch["image"], batch["label"]
+        noisy = x + sigma * jax.random.normal(key, x.shape, x.dtype)
+        return _supervised(state, params, noisy, y)
+
+    return objective
+
+
+def smooth_adv(
+    threat: ThreatModel,
+    sigma: float,
+    *,
+    samples: int = 1,
+    steps: int = 1,
+    step_size: Any = None,
+) -> Objective:
+    """SmoothAdv (Salman et al. 2019): adversarial training of the smoothed classifier.
+
+    PGD (`steps` steps from a random start, last iterate) maximises the cross-entropy of
+    the smoothed soft classifier log E_δ softmax(f(x' + δ)), δ ~ N(0, σ²I), estimated over
+    `samples` noise draws fixed for the attack; the model is then trained on those same
+    noisy copies of x' (cross-entropy averaged over them). With `threat` an ℓ2 ball as in
+    the paper; ε = 0 is Gaussian-noise training with `samples` draws per example.
+    """
+    sigma = check_number(sigma, "sigma (the noise's standard deviation)", 0.0, lo_open=True)
+    samples = check_int(samples, "samples", 1)
+    steps = check_int(steps, "steps", 1)
+    step_size = 2 * jnp.asarray(threat.eps) / steps if step_size is None else step_size
+
+    def objective(params, state, batch, key):
+        x, y = batch["image"], batch["label"]
+        k_noise, k_attack = jax.random.split(key)
+        noise = sigma * jax.random.normal(k_noise, (samples, *x.shape), x.dtype)
+        f = _attack_model(state, params)
+
+        def smoothed_log_probs(z):
+            logits = jax.vmap(lambda d: f(z + d))(noise)  # (samples, B, C)
+            return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(samples)
+
+        x_adv = optimize(
+            lambda z: cross_entropy(smoothed_log_probs(z), y),
+            x,
+            k_attack,
+            threat=threat,
+            steps=steps,
+            step_size=step_size,
+            keep_best=False,
+        ).x_adv
+        x_adv = jax.lax.stop_gradient(x_adv)
+        noisy = (x_adv[None] + noise).reshape(samples * x.shape[0], *x.shape[1:])
+        return _supervised(state, params, noisy, jnp.tile(y, samples))
+
+    return objective
 
 
 def trades(

@@ -1,0 +1,100 @@
+"""Certified robustness: randomized smoothing (`jaxrobust.certify.smoothing`); interval
+bound propagation joins through `METHODS`.
+
+`METHODS` maps the `jaxrobust certify --method` names to the module that implements each
+(imported on use); a method whose module is not part of this build is listed with None
+and answers with a `ConfigError` naming what is available. Importing this package does
+not import JAX (the CLI checks `--method` before starting it); the smoothing names load
+on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from jaxrobust.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jaxrobust.certify.smoothing import (
+        ABSTAIN,
+        AttackCheck,
+        Certificate,
+        Prediction,
+        attack_certificates,
+        certified_accuracy,
+        certified_accuracy_curve,
+        certify,
+        clopper_pearson_lower,
+        max_radius,
+        predict,
+        sample_counts,
+        smoothed_logits_fn,
+    )
+
+METHODS: dict[str, str | None] = {
+    "smoothing": "jaxrobust.certify.smoothing",
+    "ibp": None,  # interval bound propagation: not in this build yet
+    "crown-ibp": None,
+}
+"""`--method` name -> implementing module (None: not available in this build)."""
+
+_SMOOTHING = (
+    "ABSTAIN",
+    "AttackCheck",
+    "attack_certificates",
+    "Certificate",
+    "Prediction",
+    "certified_accuracy",
+    "certified_accuracy_curve",
+    "certify",
+    "clopper_pearson_lower",
+    "max_radius",
+    "predict",
+    "sample_counts",
+    "smoothed_logits_fn",
+)
+
+
+def method_module(name: str) -> ModuleType:
+    """The module implementing certification method `name`.
+
+    Raises:
+      ConfigError: an unknown method, or one not available in this build.
+    """
+    if name not in METHODS:
+        raise ConfigError(f"unknown certification method {name!r}; known: {', '.join(METHODS)}")
+    module = METHODS[name]
+    if module is None:
+        available = ", ".join(k for k, v in METHODS.items() if v is not None)
+        raise ConfigError(
+            f"certification method {name!r} is not available in this build; available: {available}"
+        )
+    return importlib.import_module(module)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SMOOTHING:
+        return getattr(importlib.import_module("jaxrobust.certify.smoothing"), name)
+    raise AttributeError(f"module 'jaxrobust.certify' has no attribute {name!r}")
+
+
+__all__ = [
+    "ABSTAIN",
+    "METHODS",
+    "AttackCheck",
+    "Certificate",
+    "Prediction",
+    "attack_certificates",
+    "certified_accuracy",
+    "certified_accuracy_curve",
+    "certify",
+    "clopper_pearson_lower",
+    "max_radius",
+    "method_module",
+    "predict",
+    "sample_counts",
+    "smoothed_logits_fn",
+]
+assert set(__all__) == {"METHODS", "method_module", *_SMOOTHING}  # one list, kept in step
