@@ -20,7 +20,18 @@ import ml_collections
 
 from jaxrobust.errors import ConfigError
 
-OBJECTIVES = ("standard", "pgd_at", "fast_at", "trades", "spatial_worst_of_k", "spatial_random")
+OBJECTIVES = (
+    "standard",
+    "pgd_at",
+    "fast_at",
+    "trades",
+    "spatial_worst_of_k",
+    "spatial_random",
+    "ibp",
+    "crown_ibp",
+)
+# The models that bound-propagation training (objective ibp / crown_ibp) supports.
+BOUND_MODELS = ("mlp", "small_cnn", "madry_cnn")
 EARLY_STOPPING_METRICS = ("validation_robust_accuracy", "validation_clean_accuracy")
 
 
@@ -52,6 +63,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.adversary.max_angle = 30.0  # spatial objectives: degrees
     c.adversary.max_shift = 0.1  # spatial objectives: fraction of the image side
     c.adversary.worst_of_k = 10
+
+    # Bound-propagation training (objective ibp | crown_ibp; Gowal et al. 2018, Zhang et al.
+    # 2020): natural training for warmup_epochs, then ε ramps linearly from 0 to `eps` and κ
+    # from 1 to `kappa` over ramp_epochs; loss = κ·CE(clean) + (1 − κ)·CE(−margin bounds).
+    # crown_ibp mixes β·CROWN-IBP + (1 − β)·IBP bounds, β from beta_start to beta_end.
+    c.bound = ml_collections.ConfigDict()
+    c.bound.warmup_epochs = 1.0
+    c.bound.ramp_epochs = 10.0
+    c.bound.kappa = 0.5
+    c.bound.beta_start = 1.0
+    c.bound.beta_end = 0.0
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -267,6 +289,11 @@ _LOWER_BOUNDS: dict[str, float] = {
     "adversary.max_angle": 0,
     "adversary.max_shift": 0,
     "adversary.worst_of_k": 1,
+    "bound.warmup_epochs": 0,
+    "bound.ramp_epochs": 0,
+    "bound.kappa": 0,
+    "bound.beta_start": 0,
+    "bound.beta_end": 0,
     "optimizer.learning_rate": 0,
     "optimizer.momentum": 0,
     "optimizer.weight_decay": 0,
@@ -303,6 +330,19 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"unknown objective {cfg.objective!r}; known: {', '.join(OBJECTIVES)}")
     if cfg.threat not in ("linf", "l2", "l1"):
         raise ConfigError(f"unknown threat {cfg.threat!r}; known: linf, l2, l1")
+    if cfg.objective in ("ibp", "crown_ibp"):
+        if cfg.threat != "linf":
+            raise ConfigError(
+                f"objective {cfg.objective} certifies linf balls, got threat {cfg.threat!r}"
+            )
+        if cfg.model.name not in BOUND_MODELS:
+            raise ConfigError(
+                f"objective {cfg.objective} needs a model bound propagation supports "
+                f"({', '.join(BOUND_MODELS)}), got {cfg.model.name!r}"
+            )
+        for key in ("bound.kappa", "bound.beta_start", "bound.beta_end"):
+            if _is_number(_get(cfg, key)) and _get(cfg, key) > 1:
+                raise ConfigError(f"{key} must lie in [0, 1], got {_get(cfg, key)!r}")
     if cfg.eval.threat not in ("", "linf", "l2", "l1"):
         raise ConfigError(
             f"unknown eval.threat {cfg.eval.threat!r}; known: linf, l2, l1 ('' = threat)"

@@ -2,9 +2,11 @@
 optax optimizers and schedules, the jitted step and the checkpointed training loop."""
 
 from jaxrobust.train.objectives import (
+    bound_training,
     fast_at,
     make_train_step,
     pgd_at,
+    ramp,
     spatial_random,
     spatial_worst_of_k,
     standard,
@@ -15,11 +17,13 @@ from jaxrobust.train.state import TrainState
 
 __all__ = [
     "TrainState",
+    "bound_training",
     "fast_at",
     "make_optimizer",
     "make_schedule",
     "make_train_step",
     "pgd_at",
+    "ramp",
     "spatial_random",
     "spatial_worst_of_k",
     "standard",

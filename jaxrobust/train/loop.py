@@ -74,8 +74,11 @@ def build_model(cfg: ml_collections.ConfigDict, info: DatasetInfo):
     )
 
 
-def build_objective(cfg: ml_collections.ConfigDict, info: DatasetInfo) -> objectives.Objective:
-    """The training objective named by `cfg.objective`."""
+def build_objective(
+    cfg: ml_collections.ConfigDict, info: DatasetInfo, steps_per_epoch: int = 1
+) -> objectives.Objective:
+    """The training objective named by `cfg.objective` (`steps_per_epoch` turns the
+    bound-training schedule's epochs into steps)."""
     adv = cfg.adversary
     step_size = adv.step_size or None
     if cfg.objective == "standard":
@@ -93,6 +96,17 @@ def build_objective(cfg: ml_collections.ConfigDict, info: DatasetInfo) -> object
         return objectives.fast_at(threat, alpha=adv.fast_alpha)
     if cfg.objective == "trades":
         return objectives.trades(threat, beta=adv.trades_beta, steps=adv.steps, step_size=step_size)
+    if cfg.objective in ("ibp", "crown_ibp"):
+        b = cfg.bound
+        return objectives.bound_training(
+            cfg.eps,
+            warmup_steps=round(b.warmup_epochs * steps_per_epoch),
+            ramp_steps=round(b.ramp_epochs * steps_per_epoch),
+            kappa=b.kappa,
+            method=cfg.objective,
+            beta_start=b.beta_start,
+            beta_end=b.beta_end,
+        )
     raise ConfigError(f"unknown objective {cfg.objective!r}")
 
 
@@ -382,7 +396,7 @@ def train(
     x_test, y_test = load_split(
         cfg.dataset, "test", data_dir=run.data_dir, dataset_kwargs=run.dataset_kwargs
     )
-    step_fn = objectives.make_train_step(build_objective(cfg, run.info))
+    step_fn = objectives.make_train_step(build_objective(cfg, run.info, run.steps_per_epoch))
     batches = _ShardBatches(cfg, run, num_shards)
     during = AccuracyEvaluator(
         run.model.apply,
@@ -688,6 +702,8 @@ _TRAINING_INPUTS = {
     "trades": "TRADES adversarial inputs",
     "spatial_worst_of_k": "worst-of-k rotated/shifted inputs",
     "spatial_random": "randomly rotated/shifted inputs",
+    "ibp": "clean inputs",
+    "crown_ibp": "clean inputs",
 }
 
 
