@@ -5,6 +5,7 @@ ibp / crown_ibp training objectives."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import flax.linen as nn
@@ -36,6 +37,7 @@ def _conv(key, c_in, c_out, k=3, strides=(1, 1), padding="SAME"):
     return C.Conv(kernel=w, bias=b, strides=strides, padding=padding)
 
 
+@functools.partial(jax.jit, static_argnames=("d", "hidden", "k"))
 def random_mlp(key, d=12, hidden=(16, 16), k=5):
     keys = jax.random.split(key, len(hidden) + 2)
     a = C.Affine(scale=jnp.float32(2.5), shift=jnp.float32(-1.2))
@@ -46,6 +48,7 @@ def random_mlp(key, d=12, hidden=(16, 16), k=5):
     return (*layers, _dense(keys[-1], d, k))
 
 
+@functools.partial(jax.jit, static_argnames=("pool", "k"))
 def random_cnn(key, pool="max", k=5):
     """Affine (folded BatchNorm with a negative scale) -> conv -> ReLU -> pool -> strided
     VALID conv -> ReLU -> flatten -> dense -> ReLU -> dense on (6, 6, 2) inputs."""
@@ -71,12 +74,14 @@ def random_cnn(key, pool="max", k=5):
     )
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "b"))
 def _inputs(key, shape, b=3):
     x = jax.random.uniform(key, (b, *shape))
     # some pixels exactly at the box edges, where the ball is clipped
     return x.at[:, 0].set(0.0).at[:, -1].set(1.0)
 
 
+@functools.partial(jax.jit, static_argnames=("m",))
 def _ball_points(key, x, eps, m):
     """m points per example, uniform in the ℓ∞ ball ∩ [0, 1], plus its corners' signs."""
     u = jax.random.uniform(key, (m, *x.shape), minval=-1.0, maxval=1.0)
@@ -97,16 +102,20 @@ def _all_bounds(net, x, y, eps, pts):
     return ibp, crown, margins, z
 
 
+@jax.jit
+def _pgd(net, x, y, key, eps):
+    """The library's PGD-20 maximising the margin loss (one compiled program per shape)."""
+    f = jax.tree_util.Partial(C.forward, net)
+    return jr.pgd(f, x, y, key, threat=jr.linf(eps), steps=20, step_size=eps / 4, loss=jr.margin)
+
+
 def _check_sound(net, x, y, eps, key, m=10_000):
     pts = _ball_points(key, x, eps, m)
     ibp, crown, margins, z = _all_bounds(net, x, y, eps, pts)  # one batched call, m x B points
     # the library's PGD maximising the margin loss
-    f = jax.tree_util.Partial(C.forward, net)
-    adv = jr.pgd(
-        f, x, y, key, threat=jr.linf(eps), steps=20, step_size=eps / 4, loss=jr.margin
-    ).x_adv
+    adv = _pgd(net, x, y, key, eps).x_adv
     assert float(jnp.max(jnp.abs(adv - x))) <= eps + 1e-6
-    z = jnp.concatenate([z, f(adv)[None]])
+    z = jnp.concatenate([z, C.forward(net, adv)[None]])
     for b in (ibp, crown):
         assert bool(jnp.all(z >= b.lower - TOL)), float(jnp.min(z - b.lower))
         assert bool(jnp.all(z <= b.upper + TOL)), float(jnp.min(b.upper - z))
@@ -119,13 +128,7 @@ def _check_sound(net, x, y, eps, key, m=10_000):
     return ibp, crown, margins
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    eps=st.sampled_from([0.0, 0.003, 0.02, 0.1, 0.3]),
-    arch=st.sampled_from(["mlp", "cnn_max", "cnn_avg"]),
-)
-def test_bounds_hold_for_random_points_and_pgd(seed, eps, arch):
+def _sound_case(seed, eps, arch):
     kn, kx, ky, ks = jax.random.split(jax.random.key(seed), 4)
     if arch == "mlp":
         net, shape = random_mlp(kn), (3, 4, 1)
@@ -136,6 +139,27 @@ def test_bounds_hold_for_random_points_and_pgd(seed, eps, arch):
     _check_sound(net, x, y, eps, ks)
 
 
+_EPS = st.sampled_from([0.0, 0.003, 0.02, 0.1, 0.3])
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), eps=_EPS, arch=st.sampled_from(["mlp", "cnn_max"]))
+def test_bounds_hold_for_random_points_and_pgd(seed, eps, arch):
+    _sound_case(seed, eps, arch)
+
+
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    eps=_EPS,
+    arch=st.sampled_from(["mlp", "cnn_max", "cnn_avg"]),
+)
+def test_bounds_hold_for_random_points_and_pgd_many(seed, eps, arch):
+    _sound_case(seed, eps, arch)
+
+
+@pytest.mark.slow
 def test_odd_maxpool_and_flax_models_are_sound(digits_test):
     """The registered SmallCNN on 7x7 inputs (odd max-pool padding) and an MLP on digits."""
     x, y = jnp.asarray(digits_test[0][:2]), jnp.asarray(digits_test[1][:2])
@@ -146,18 +170,24 @@ def test_odd_maxpool_and_flax_models_are_sound(digits_test):
 
 
 def test_bounds_tighten_to_the_exact_logits_as_eps_goes_to_zero():
-    net = random_cnn(jax.random.key(3))
-    x = _inputs(jax.random.key(4), (6, 6, 2))
+    net = random_mlp(jax.random.key(3), hidden=(32, 32))
+    x = _inputs(jax.random.key(4), (3, 4, 1))
     y = jnp.array([0, 1, 2])
     z = C.forward(net, x)
     exact_margin = jnp.take_along_axis(z, y[:, None], -1) - z
+
+    @jax.jit
+    def bounds(eps):
+        b = C.ibp_bounds(net, x, eps)
+        return b, C.crown_ibp_bounds(net, x, eps), C.margin_bounds(net, x, y, eps)
+
     widths, gaps = [], []
     for eps in (0.1, 1e-2, 1e-3, 1e-4, 1e-5, 0.0):
-        for bounds in (C.ibp_bounds(net, x, eps), C.crown_ibp_bounds(net, x, eps)):
-            assert bool(jnp.all(bounds.lower <= z + TOL) and jnp.all(z <= bounds.upper + TOL))
-        b = C.ibp_bounds(net, x, eps)
+        b, crown, m = bounds(eps)
+        for bb in (b, crown):
+            assert bool(jnp.all(bb.lower <= z + TOL) and jnp.all(z <= bb.upper + TOL))
         widths.append(float(jnp.max(b.upper - b.lower)))
-        gaps.append(float(jnp.max(exact_margin - C.margin_bounds(net, x, y, eps))))
+        gaps.append(float(jnp.max(exact_margin - m)))
     assert widths[0] > 0.1 and gaps[0] > 0.05  # not vacuous at 0.1
     assert all(a >= b for a, b in itertools.pairwise(widths))
     # linear in ε once no ReLU is unstable, and exact at ε = 0
@@ -191,7 +221,8 @@ def test_from_flax_computes_the_model(name, kw, shape):
     v = init_model(model, jax.random.key(0), shape)
     net = C.from_flax(model, v)
     x = jax.random.uniform(jax.random.key(1), (4, *shape))
-    np.testing.assert_allclose(C.forward(net, x), model.apply(v, x), rtol=1e-5, atol=1e-5)
+    ours, theirs = jax.jit(lambda n, v, x: (C.forward(n, x), model.apply(v, x)))(net, v, x)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_fold_batchnorm_matches_flax_inference_batchnorm():
@@ -250,27 +281,31 @@ def test_bad_inputs_are_named_errors():
 
 
 def test_jit_vmap_and_traced_bad_eps_poison():
-    net = random_cnn(jax.random.key(1))
-    x = _inputs(jax.random.key(2), (6, 6, 2), b=4)
+    cnn = random_cnn(jax.random.key(1))
+    xc = _inputs(jax.random.key(2), (6, 6, 2), b=2)
+    yc = jnp.array([0, 3])
+    jitted = jax.jit(lambda n, x, y, e: C.margin_bounds(n, x, y, e, method="crown_ibp"))
+    eager = C.margin_bounds(cnn, xc, yc, 0.05, method="crown_ibp")
+    np.testing.assert_allclose(jitted(cnn, xc, yc, 0.05), eager, rtol=1e-5, atol=1e-5)
+    net = random_mlp(jax.random.key(1))
+    x = _inputs(jax.random.key(2), (3, 4, 1), b=4)
     y = jnp.array([0, 1, 2, 3])
-    for meth in ("ibp", "crown_ibp"):
-        eager = C.margin_bounds(net, x, y, 0.05, method=meth)
-        jitted = jax.jit(lambda n, x, y, e, m=meth: C.margin_bounds(n, x, y, e, method=m))
-        np.testing.assert_allclose(jitted(net, x, y, 0.05), eager, rtol=1e-5, atol=1e-5)
     # vmap over a sweep of ε and over per-example ε
+    lower = jax.jit(lambda e: C.ibp_bounds(net, x, e).lower)
     epss = jnp.array([0.0, 0.01, 0.1])
-    swept = jax.vmap(lambda e: C.ibp_bounds(net, x, e).lower)(epss)
+    swept = jax.vmap(lower)(epss)
     for i, e in enumerate(epss):
-        np.testing.assert_allclose(swept[i], C.ibp_bounds(net, x, float(e)).lower, atol=1e-5)
-    per = C.ibp_bounds(net, x, jnp.array([0.0, 0.01, 0.1, 0.1]))
-    np.testing.assert_allclose(per.lower[1], C.ibp_bounds(net, x[1:2], 0.01).lower[0], atol=1e-5)
+        np.testing.assert_allclose(swept[i], lower(e), atol=1e-5)
+    per = lower(jnp.array([0.0, 0.01, 0.1, 0.1]))
+    np.testing.assert_allclose(per[1], swept[1][1], atol=1e-5)
     # a traced negative ε gives NaN bounds and nothing verified
-    ok = jax.jit(lambda e: C.verified(net, x, y, e))(-0.1)
+    ok = jax.jit(lambda e: C.verified(net, x, y, e, method="crown_ibp"))(-0.1)
     assert not bool(jnp.any(ok))
-    assert bool(jnp.all(jnp.isnan(jax.jit(lambda e: C.ibp_bounds(net, x, e).lower)(-0.1))))
+    assert bool(jnp.all(jnp.isnan(lower(-0.1))))
     # gradients flow through the bounds (training)
-    g = jax.grad(lambda n: jnp.sum(C.mixed_margins(n, x, y, 0.05, beta=0.5)))(net)
+    g = jax.jit(jax.grad(lambda n: jnp.sum(C.mixed_margins(n, x, y, 0.05, beta=0.5))))(net)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(g))
+    assert float(jnp.abs(g[-1].kernel).sum()) > 0
 
 
 def test_verified_accuracy_counts_and_orders():
@@ -302,6 +337,7 @@ def test_ramp_schedule_and_bound_objective_at_eps_zero():
     # in warm-up (ε_t = 0) the bound loss equals the natural loss: the elided last layer is
     # exact at ε = 0
     obj = bound_training(0.1, warmup_steps=5, ramp_steps=5, kappa=0.5, method="crown_ibp")
+    obj = jax.jit(obj)
     _, (m, _) = obj(state.params, state, batch, jax.random.key(2))
     assert float(m["eps"]) == 0.0 and float(m["kappa"]) == 1.0
     assert float(m["bound_loss"]) == pytest.approx(float(m["natural_loss"]), rel=1e-5)
