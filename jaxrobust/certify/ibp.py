@@ -547,12 +547,24 @@ def verified_accuracy(
     check_eps(eps)
     if np.ndim(eps) != 0:
         raise InputError(f"verified_accuracy takes one scalar eps, got shape {np.shape(eps)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown bound method {method!r}; known: {', '.join(METHODS)}")
     fn = _verified_step(method, float(lo), float(hi))
+    size = min(batch_size, len(x))
     ver, cor = [], []
-    for s in range(0, len(x), batch_size):
-        v, c = fn(net, jnp.asarray(x[s : s + batch_size]), jnp.asarray(y[s : s + batch_size]), eps)
-        ver.append(np.asarray(v))
-        cor.append(np.asarray(c))
+    for s in range(0, len(x), size):
+        # Every batch has the same shape (the last one padded by repeating its first
+        # example, padding dropped after): one compiled program.
+        xb, yb = x[s : s + size], y[s : s + size]
+        keep = len(xb)
+        if keep < size:
+            xb = np.concatenate([xb, np.repeat(xb[:1], size - keep, axis=0)])
+            yb = np.concatenate([yb, np.repeat(yb[:1], size - keep, axis=0)])
+        v, c = fn(net, jnp.asarray(xb), jnp.asarray(yb), eps)
+        ver.append(np.asarray(v)[:keep])
+        cor.append(np.asarray(c)[:keep])
     v, c = np.concatenate(ver), np.concatenate(cor)
     p = float(v.mean())
     return {
