@@ -305,6 +305,9 @@ def test_jit_vmap_and_traced_bad_eps_poison():
     ok = jax.jit(lambda e: C.verified(net, x, y, e))(-0.1)
     assert not bool(jnp.any(ok))
     assert bool(jnp.all(jnp.isnan(lower(-0.1))))
+    # a traced label outside [0, K) poisons its row
+    bad = jax.jit(lambda y: C.margin_bounds(net, x, y, 0.01))(jnp.array([0, 1, 7, -1]))
+    assert bool(jnp.all(jnp.isnan(bad[2:])) and not jnp.any(jnp.isnan(bad[:2])))
     # gradients flow through the bounds (training)
     g = jax.jit(jax.grad(lambda n: jnp.sum(C.mixed_margins(n, x, y, 0.05, beta=0.5))))(net)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(g))

@@ -499,6 +499,8 @@ def margin_bounds(
         raise InputError(f"labels must lie in [0, {k}), got values in [{y.min()}, {y.max()}]")
     m = _margins(net, p.lo, p.hi, y, method)
     m = jnp.where((jnp.arange(k) == y[:, None]), 0.0, m)
+    # A traced label outside [0, K) would index a wrong row: NaN, nothing verified.
+    m = jnp.where(((y < 0) | (y >= k))[:, None], jnp.nan, m)
     return _poisoned(p, m)[0]
 
 
