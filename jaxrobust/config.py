@@ -29,7 +29,11 @@ OBJECTIVES = (
     "spatial_random",
     "gaussian_noise",
     "smooth_adv",
+    "ibp",
+    "crown_ibp",
 )
+# The models that bound-propagation training (objective ibp / crown_ibp) supports.
+BOUND_MODELS = ("mlp", "small_cnn", "madry_cnn")
 EARLY_STOPPING_METRICS = ("validation_robust_accuracy", "validation_clean_accuracy")
 
 
@@ -72,6 +76,17 @@ def default_config() -> ml_collections.ConfigDict:
     # smooth_adv (Salman et al. 2019): PGD (adversary.steps, threat, eps) on the smoothed
     # classifier estimated over `samples` noise draws, then training on those noisy copies.
     c.smoothing.samples = 1
+
+    # Bound-propagation training (objective ibp | crown_ibp; Gowal et al. 2018, Zhang et al.
+    # 2020): natural training for warmup_epochs, then ε ramps linearly from 0 to `eps` and κ
+    # from 1 to `kappa` over ramp_epochs; loss = κ·CE(clean) + (1 − κ)·CE(−margin bounds).
+    # crown_ibp mixes β·CROWN-IBP + (1 − β)·IBP bounds, β from beta_start to beta_end.
+    c.bound = ml_collections.ConfigDict()
+    c.bound.warmup_epochs = 1.0
+    c.bound.ramp_epochs = 10.0
+    c.bound.kappa = 0.5
+    c.bound.beta_start = 1.0
+    c.bound.beta_end = 0.0
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | sgd
@@ -289,6 +304,11 @@ _LOWER_BOUNDS: dict[str, float] = {
     "adversary.worst_of_k": 1,
     "adversary.eps_warmup_epochs": 0,
     "smoothing.samples": 1,
+    "bound.warmup_epochs": 0,
+    "bound.ramp_epochs": 0,
+    "bound.kappa": 0,
+    "bound.beta_start": 0,
+    "bound.beta_end": 0,
     "optimizer.learning_rate": 0,
     "optimizer.momentum": 0,
     "optimizer.weight_decay": 0,
@@ -325,6 +345,19 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"unknown objective {cfg.objective!r}; known: {', '.join(OBJECTIVES)}")
     if cfg.threat not in ("linf", "l2", "l1"):
         raise ConfigError(f"unknown threat {cfg.threat!r}; known: linf, l2, l1")
+    if cfg.objective in ("ibp", "crown_ibp"):
+        if cfg.threat != "linf":
+            raise ConfigError(
+                f"objective {cfg.objective} certifies linf balls, got threat {cfg.threat!r}"
+            )
+        if cfg.model.name not in BOUND_MODELS:
+            raise ConfigError(
+                f"objective {cfg.objective} needs a model bound propagation supports "
+                f"({', '.join(BOUND_MODELS)}), got {cfg.model.name!r}"
+            )
+        for key in ("bound.kappa", "bound.beta_start", "bound.beta_end"):
+            if _is_number(_get(cfg, key)) and _get(cfg, key) > 1:
+                raise ConfigError(f"{key} must lie in [0, 1], got {_get(cfg, key)!r}")
     if cfg.eval.threat not in ("", "linf", "l2", "l1"):
         raise ConfigError(
             f"unknown eval.threat {cfg.eval.threat!r}; known: linf, l2, l1 ('' = threat)"

@@ -1,5 +1,5 @@
-"""Certified robustness: randomized smoothing (`jaxrobust.certify.smoothing`); interval
-bound propagation joins through `METHODS`.
+"""Certified robustness: randomized smoothing (`jaxrobust.certify.smoothing`), interval
+bound propagation and CROWN-IBP (`jaxrobust.certify.ibp`).
 
 `METHODS` maps the `jaxrobust certify --method` names to the module that implements each
 (imported on use); a method whose module is not part of this build is listed with None
@@ -17,6 +17,30 @@ from typing import TYPE_CHECKING, Any
 from jaxrobust.errors import ConfigError
 
 if TYPE_CHECKING:
+    from jaxrobust.certify.ibp import (
+        Affine,
+        AvgPool,
+        Bounds,
+        Conv,
+        Dense,
+        Flatten,
+        MaxPool2x2,
+        ReLU,
+        UnsupportedLayerError,
+        bound_cross_entropy,
+        crown_ibp_bounds,
+        crown_lower,
+        fold_batchnorm,
+        forward,
+        from_flax,
+        ibp_bounds,
+        margin_bounds,
+        mixed_margins,
+        specification,
+        supported_models,
+        verified,
+        verified_accuracy,
+    )
     from jaxrobust.certify.smoothing import (
         ABSTAIN,
         AttackCheck,
@@ -35,7 +59,9 @@ if TYPE_CHECKING:
 
 METHODS: dict[str, str | None] = {
     "smoothing": "jaxrobust.certify.smoothing",
-    "ibp": None,  # interval bound propagation: not in this build yet
+    # Interval bound propagation is in `jaxrobust.certify.ibp` (Python API, the `ibp` /
+    # `crown_ibp` training objectives); `jaxrobust certify` does not run it yet.
+    "ibp": None,
     "crown-ibp": None,
 }
 """`--method` name -> implementing module (None: not available in this build)."""
@@ -74,27 +100,77 @@ def method_module(name: str) -> ModuleType:
     return importlib.import_module(module)
 
 
+_IBP = (
+    "Affine",
+    "AvgPool",
+    "Bounds",
+    "Conv",
+    "Dense",
+    "Flatten",
+    "MaxPool2x2",
+    "ReLU",
+    "UnsupportedLayerError",
+    "bound_cross_entropy",
+    "crown_ibp_bounds",
+    "crown_lower",
+    "fold_batchnorm",
+    "forward",
+    "from_flax",
+    "ibp_bounds",
+    "margin_bounds",
+    "mixed_margins",
+    "specification",
+    "supported_models",
+    "verified",
+    "verified_accuracy",
+)
+
+
 def __getattr__(name: str) -> Any:
     if name in _SMOOTHING:
         return getattr(importlib.import_module("jaxrobust.certify.smoothing"), name)
+    if name in _IBP:
+        return getattr(importlib.import_module("jaxrobust.certify.ibp"), name)
     raise AttributeError(f"module 'jaxrobust.certify' has no attribute {name!r}")
 
 
 __all__ = [
     "ABSTAIN",
     "METHODS",
+    "Affine",
     "AttackCheck",
+    "AvgPool",
+    "Bounds",
     "Certificate",
+    "Conv",
+    "Dense",
+    "Flatten",
+    "MaxPool2x2",
     "Prediction",
+    "ReLU",
+    "UnsupportedLayerError",
     "attack_certificates",
+    "bound_cross_entropy",
     "certified_accuracy",
     "certified_accuracy_curve",
     "certify",
     "clopper_pearson_lower",
+    "crown_ibp_bounds",
+    "crown_lower",
+    "fold_batchnorm",
+    "forward",
+    "from_flax",
+    "ibp_bounds",
+    "margin_bounds",
     "max_radius",
     "method_module",
+    "mixed_margins",
     "predict",
     "sample_counts",
     "smoothed_logits_fn",
+    "specification",
+    "supported_models",
+    "verified",
+    "verified_accuracy",
 ]
-assert set(__all__) == {"METHODS", "method_module", *_SMOOTHING}  # one list, kept in step
+assert set(__all__) == {"METHODS", "method_module", *_SMOOTHING, *_IBP}  # one list, kept in step

@@ -3,10 +3,12 @@ Gaussian noise for randomized smoothing),
 optax optimizers and schedules, the jitted step and the checkpointed training loop."""
 
 from jaxrobust.train.objectives import (
+    bound_training,
     fast_at,
     gaussian_noise,
     make_train_step,
     pgd_at,
+    ramp,
     smooth_adv,
     spatial_random,
     spatial_worst_of_k,
@@ -18,12 +20,14 @@ from jaxrobust.train.state import TrainState
 
 __all__ = [
     "TrainState",
+    "bound_training",
     "fast_at",
     "gaussian_noise",
     "make_optimizer",
     "make_schedule",
     "make_train_step",
     "pgd_at",
+    "ramp",
     "smooth_adv",
     "spatial_random",
     "spatial_worst_of_k",

@@ -79,8 +79,9 @@ def build_objective(
 ) -> objectives.Objective:
     """The training objective named by `cfg.objective`.
 
-    `steps_per_epoch` converts `cfg.adversary.eps_warmup_epochs` into optimizer steps; it is
-    needed only when that warm-up is on.
+    `steps_per_epoch` converts the schedules given in epochs (`adversary.eps_warmup_epochs`,
+    `bound.warmup_epochs` / `bound.ramp_epochs`) into optimizer steps; it is needed only
+    when one of them is on.
     """
     adv = cfg.adversary
     step_size = adv.step_size or None
@@ -94,6 +95,22 @@ def build_objective(
         if cfg.objective == "spatial_random":
             return objectives.spatial_random(threat)
         return objectives.spatial_worst_of_k(threat, k=adv.worst_of_k)
+    if cfg.objective in ("ibp", "crown_ibp"):
+        b = cfg.bound
+        if (b.warmup_epochs > 0 or b.ramp_epochs > 0) and steps_per_epoch < 1:
+            raise ConfigError(
+                "bound.warmup_epochs / bound.ramp_epochs need the number of steps per epoch "
+                f"(got steps_per_epoch={steps_per_epoch})"
+            )
+        return objectives.bound_training(
+            cfg.eps,
+            warmup_steps=round(b.warmup_epochs * steps_per_epoch),
+            ramp_steps=round(b.ramp_epochs * steps_per_epoch),
+            kappa=b.kappa,
+            method=cfg.objective,
+            beta_start=b.beta_start,
+            beta_end=b.beta_end,
+        )
     if cfg.objective not in ("pgd_at", "fast_at", "trades", "smooth_adv"):
         raise ConfigError(f"unknown objective {cfg.objective!r}")
     warmup_steps = round(adv.eps_warmup_epochs * steps_per_epoch)
@@ -130,6 +147,13 @@ def build_objective(
 _ADDED_LATER = {
     "adversary.eps_warmup_epochs": 0.0,
     "smoothing": {"sigma": 0.25, "samples": 1},
+    "bound": {
+        "warmup_epochs": 1.0,
+        "ramp_epochs": 10.0,
+        "kappa": 0.5,
+        "beta_start": 1.0,
+        "beta_end": 0.0,
+    },
 }
 
 
@@ -729,6 +753,8 @@ _TRAINING_INPUTS = {
     "spatial_random": "randomly rotated/shifted inputs",
     "gaussian_noise": "Gaussian-noise inputs",
     "smooth_adv": "Gaussian noise on SmoothAdv adversarial inputs",
+    "ibp": "clean inputs",
+    "crown_ibp": "clean inputs",
 }
 
 
