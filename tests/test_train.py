@@ -259,14 +259,15 @@ def test_config_eps_warmup_trains_on_the_ramped_adversary(batch):
 
 
 def test_resume_accepts_runs_saved_before_new_keys_existed():
-    """A run saved before adversary.eps_warmup_epochs and the smoothing section existed ran
-    without them: resuming it with their defaults is no config change; with others it is."""
+    """A run saved before adversary.eps_warmup_epochs and the smoothing and bound sections
+    existed ran without them: resuming it with their defaults is no config change; with
+    others it is."""
     from jaxrobust.train.loop import _as_json_config, _config_diff
 
     now = _as_json_config(default_config())
     saved = _as_json_config(default_config())
     del saved["adversary"]["eps_warmup_epochs"]
-    del saved["smoothing"]
+    del saved["smoothing"], saved["bound"]
     assert _config_diff(now, saved) == []
     now["adversary"]["eps_warmup_epochs"] = 2.0
     now["smoothing"]["sigma"] = 0.5
