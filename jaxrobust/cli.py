@@ -645,7 +645,10 @@ def _certify_bounds(args: argparse.Namespace, run_dir: Path, out: Path) -> int:
     cfg = run.cfg
     # A model bound propagation does not know: UnsupportedLayerError (a ConfigError) names
     # the supported ones, before any data is read.
-    net = ibp.from_flax(getattr(state.apply_fn, "__self__", None), state.variables())
+    try:
+        net = ibp.from_flax(getattr(state.apply_fn, "__self__", None), state.variables())
+    except ibp.UnsupportedLayerError as e:
+        raise ibp.UnsupportedLayerError(f"--method {args.method}: {e}") from None
     if args.resume:
         _warn(f"--method {args.method} runs in one pass and keeps no state: --resume is ignored")
     x, y = _load_split_of_run(run, args.split, args.limit)

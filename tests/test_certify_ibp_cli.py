@@ -130,7 +130,8 @@ def test_unsupported_model_answers_one_line_naming_the_supported(
     )
     out = tmp_path / "out"
     line = _one_line_error(capsys, _certify(smoke_run, out, "crown-ibp"))
-    assert "does not support MLP" in line and "supported models: MadryCNN, SmallCNN" in line
+    assert "--method crown-ibp: bound propagation does not support MLP" in line
+    assert "supported models: MadryCNN, SmallCNN" in line
     assert not out.exists()
 
 
