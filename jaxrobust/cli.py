@@ -869,12 +869,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=_positive_int, help="certify the first N examples")
     p.add_argument("--out", help="output directory (default: RUN_DIR/certify)")
-    p.add_argument("--sigma", type=_positive_number, help="noise std (default: the run's)")
-    p.add_argument("--n0", type=_positive_int, default=100, help="selection samples")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="estimation samples")
-    p.add_argument("--alpha", type=_unit_interval, default=0.001, help="failure probability")
     p.add_argument(
-        "--radii", type=_radius, nargs="+", help=f"l2 radii to report (default {CERTIFY_RADII})"
+        "--sigma", type=_positive_number, help="smoothing: noise std (default: the run's)"
+    )
+    p.add_argument("--n0", type=_positive_int, default=100, help="smoothing: selection samples")
+    p.add_argument("--n", type=_positive_int, default=10_000, help="smoothing: estimation samples")
+    p.add_argument(
+        "--alpha", type=_unit_interval, default=0.001, help="smoothing: failure probability"
+    )
+    p.add_argument(
+        "--radii",
+        type=_radius,
+        nargs="+",
+        help=f"smoothing: l2 radii to report (default {CERTIFY_RADII})",
     )
     p.add_argument(
         "--eps", type=_radius, help="ibp / crown-ibp (required): the l-inf radius to certify"
@@ -896,7 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(f"{k} {v}" for k, v in _CERTIFY_BATCH.items())
         + ")",
     )
-    p.add_argument("--chunk", type=_positive_int, default=1000, help="samples per model pass")
+    p.add_argument(
+        "--chunk", type=_positive_int, default=1000, help="smoothing: samples per model pass"
+    )
     p.add_argument("--seed", type=_non_negative_int, default=0, help="noise / PGD random starts")
     p.add_argument(
         "--resume",
