@@ -8,6 +8,8 @@
     jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR] [--best | --step N]
     jaxrobust certify RUN_DIR --method smoothing [--sigma S] [--n0 N0] [--n N] [--alpha A]
                       [--radii R ...] [--best | --step N] [--limit N] [--resume]
+    jaxrobust certify RUN_DIR --method ibp|crown-ibp --eps EPS [--pgd-steps S]
+                      [--pgd-restarts R] [--best | --step N] [--split S] [--limit N]
     jaxrobust experiment NAME [--smoke] [--out DIR]
 
 Bad input exits with status 2 and one line naming the problem (no traceback), before
@@ -441,8 +443,41 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run_dir / "certify"
     _check_out(out, "--out")
     method_module(args.method)  # unknown or not in this build: a ConfigError, before JAX
+    _check_certify_args(args)
     _start_jax()
     return _CERTIFIERS[args.method](args, run_dir, out)
+
+
+# Options of one family of methods only (None: not given), and the batch size per method.
+_SMOOTHING_ONLY = ("sigma", "radii")
+_BOUND_ONLY = ("eps", "pgd_steps", "pgd_restarts")
+_CERTIFY_BATCH = {"smoothing": 32, "ibp": 256, "crown-ibp": 256}
+CERTIFY_PGD = {"pgd_steps": 50, "pgd_restarts": 3}
+"""The PGD cross-check of `jaxrobust certify --method ibp|crown-ibp` by default."""
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_certify_args(args: argparse.Namespace) -> None:
+    """The options of `certify` that belong to another method, or are missing (before JAX)."""
+    smoothing = args.method == "smoothing"
+    wrong = [n for n in (_BOUND_ONLY if smoothing else _SMOOTHING_ONLY) if getattr(args, n)]
+    if wrong:
+        what = "the l-inf bound methods ibp and crown-ibp" if smoothing else "--method smoothing"
+        raise ConfigError(f"{_option(wrong[0])} is an option of {what}, not --method {args.method}")
+    if not smoothing:
+        if args.eps is None:
+            raise ConfigError(
+                f"--method {args.method} needs --eps EPS: the l-inf radius to certify, in input "
+                "units (images in [0, 1]), e.g. --eps 0.1"
+            )
+        for name, default in CERTIFY_PGD.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+    if args.batch_size is None:
+        args.batch_size = _CERTIFY_BATCH[args.method]
 
 
 def _certify_smoothing(args: argparse.Namespace, run_dir: Path, out: Path) -> int:
@@ -567,8 +602,154 @@ def _certify_smoothing(args: argparse.Namespace, run_dir: Path, out: Path) -> in
     return 0
 
 
+def _in_batches(fn: Any, x: Any, y: Any, size: int) -> list:
+    """fn(x_batch, y_batch) -> tuple of (b,) arrays, over batches of `size` examples, as numpy
+    arrays of the whole set. Every batch has the same shape (the last one padded with its
+    first example, the padding dropped after): one compiled program."""
+    import numpy as np
+
+    parts: list = []
+    size = min(size, len(y))
+    for s in range(0, len(y), size):
+        xb, yb = x[s : s + size], y[s : s + size]
+        keep = len(yb)
+        if keep < size:
+            xb = np.concatenate([xb, np.repeat(xb[:1], size - keep, axis=0)])
+            yb = np.concatenate([yb, np.repeat(yb[:1], size - keep, axis=0)])
+        parts.append([np.asarray(a)[:keep] for a in fn(xb, yb)])
+    return [np.concatenate(col) for col in zip(*parts, strict=True)]
+
+
+def _fraction(v: Any, how: str) -> dict:
+    """A fraction of examples with its n and binomial standard error sqrt(p(1 - p)/n)."""
+    import numpy as np
+
+    p = float(np.mean(v))
+    return {"value": p, "n": len(v), "se": float(np.sqrt(p * (1 - p) / len(v))), "how": how}
+
+
+def _certify_bounds(args: argparse.Namespace, run_dir: Path, out: Path) -> int:
+    """IBP or CROWN-IBP: verified accuracy at l-inf --eps, next to the clean accuracy and the
+    PGD robust accuracy on the same examples (a verified example that PGD breaks is a flag)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxrobust as jr
+    from jaxrobust import report
+    from jaxrobust.certify import ibp
+    from jaxrobust.train.loop import restore_run
+
+    method = args.method.replace("-", "_")  # "ibp" | "crown_ibp", as in margin_bounds
+    run, state, _ = restore_run(run_dir, best=args.best, step=args.step, warn=_warn)
+    cfg = run.cfg
+    # A model bound propagation does not know: UnsupportedLayerError (a ConfigError) names
+    # the supported ones, before any data is read.
+    try:
+        net = ibp.from_flax(getattr(state.apply_fn, "__self__", None), state.variables())
+    except ibp.UnsupportedLayerError as e:
+        raise ibp.UnsupportedLayerError(f"--method {args.method}: {e}") from None
+    if args.resume:
+        _warn(f"--method {args.method} runs in one pass and keeps no state: --resume is ignored")
+    x, y = _load_split_of_run(run, args.split, args.limit)
+    x, y = np.asarray(x), np.asarray(y)
+    eps = float(args.eps)
+    threat = jr.linf(eps)
+    lo, hi = threat.box
+    logits_fn = state.logits_fn()
+
+    @jax.jit
+    def bounds(xb, yb):
+        ok = ibp.verified(net, xb, yb, eps, method=method, lo=lo, hi=hi)
+        return ok, jnp.argmax(logits_fn(xb), -1) == yb
+
+    def pgd(xb, yb, key):
+        broken = jnp.zeros(len(yb), bool)
+        for loss, k in zip((jr.cross_entropy, jr.margin), jax.random.split(key), strict=True):
+            res = jr.pgd(
+                logits_fn,
+                jnp.asarray(xb),
+                jnp.asarray(yb),
+                k,
+                threat=threat,
+                steps=args.pgd_steps,
+                step_size=eps / 4,
+                restarts=args.pgd_restarts,
+                loss=loss,
+            )
+            broken |= res.success
+        return (broken,)
+
+    t0 = time.perf_counter()
+    verified, correct = _in_batches(bounds, x, y, args.batch_size)
+    t_bounds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if eps > 0:
+        keys = iter(jax.random.split(jax.random.key(args.seed), -(-len(y) // args.batch_size)))
+        (broken,) = _in_batches(lambda xb, yb: pgd(xb, yb, next(keys)), x, y, args.batch_size)
+    else:  # eps 0: the ball is the point itself
+        broken = np.zeros(len(y), bool)
+    t_pgd = time.perf_counter() - t0
+    robust = correct & ~broken
+    violations = int(np.sum(verified & ~robust))
+    n = len(y)
+    attack = (
+        f"PGD-{args.pgd_steps} x {args.pgd_restarts} restarts, step eps/4, cross-entropy and "
+        "margin losses (robust: broken by neither)"
+    )
+    where = f"{n} {cfg.dataset} {args.split} examples, l-inf eps = {eps:g} within [{lo:g}, {hi:g}]"
+    bound = {
+        "ibp": "IBP margin bounds (last layer merged into the specification)",
+        "crown_ibp": "CROWN-IBP margin bounds (elementwise best of CROWN-IBP and IBP)",
+    }[method]
+    section = {
+        "eps": eps,
+        "verified_accuracy": _fraction(verified, f"{bound}, {where}"),
+        "clean_accuracy": _fraction(correct, f"clean accuracy, {where}"),
+        "pgd_accuracy": _fraction(robust, f"{attack}, {where}"),
+        "violations": violations,
+        "violations_means": "examples verified but broken by PGD: must be 0 (sound bounds)",
+        "verified_le_pgd_le_clean": bool(np.mean(verified) <= np.mean(robust) <= np.mean(correct)),
+        "pgd": {"steps": args.pgd_steps, "restarts": args.pgd_restarts, "seed": args.seed},
+        "seconds": {"bounds": t_bounds, "pgd": t_pgd},
+    }
+    metrics = {
+        "run": str(args.run_dir),
+        "checkpoint": "best" if args.best else "latest" if args.step is None else "step",
+        "checkpoint_step": int(state.step),
+        "dataset": cfg.dataset,
+        "split": args.split,
+        "num_examples": n,
+        "method": args.method,
+        method: section,
+        "devices": jax.device_count(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "metrics.json", metrics)
+    np.savez_compressed(
+        out / "certificates.npz", verified=verified, correct=correct, pgd_robust=robust, label=y
+    )
+    v, p, c = (section[k]["value"] for k in ("verified_accuracy", "pgd_accuracy", "clean_accuracy"))
+    print(
+        f"{args.method} at l-inf eps={eps:g} on {n} examples: verified {v:.4f}, "
+        f"PGD robust {p:.4f}, clean {c:.4f}; report in {out}"
+    )
+    if violations:
+        _warn(
+            f"FLAG {violations} example(s) verified by {args.method} but broken by PGD at "
+            f"eps={eps:g}: unsound bounds or an attack outside the ball (see {out})"
+        )
+    elif not section["verified_le_pgd_le_clean"]:
+        _warn("FLAG verified <= PGD robust <= clean accuracy does not hold")
+    return 0
+
+
 # `--method` name -> its certifier (method availability: jaxrobust.certify.METHODS).
-_CERTIFIERS = {"smoothing": _certify_smoothing}
+_CERTIFIERS = {
+    "smoothing": _certify_smoothing,
+    "ibp": _certify_bounds,
+    "crown-ibp": _certify_bounds,
+}
 
 
 def experiments_dir() -> Path:
@@ -664,12 +845,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=_positive_int, default=50)
             p.add_argument("--eps", type=_radius, help="default: the run's training ε")
             p.add_argument("--num", type=_positive_int, default=16, help="number of examples")
-    p = sub.add_parser("certify", help="certified robustness of a run's model (smoothing)")
+    p = sub.add_parser(
+        "certify",
+        help="certified robustness of a run's model (smoothing, ibp, crown-ibp)",
+        description=(
+            "smoothing: randomized smoothing, certified l2 radii (resumable with --resume). "
+            "ibp | crown-ibp: verified accuracy at l-inf --eps by interval bound propagation "
+            "(or CROWN-IBP), beside the clean and PGD robust accuracy of the same examples; "
+            "one fast pass, no --resume."
+        ),
+    )
     p.add_argument("run_dir", help="a directory written by `jaxrobust train`")
     p.add_argument(
         "--method",
         default="smoothing",
-        help="smoothing (randomized smoothing, l2); ibp | crown-ibp where available",
+        help="smoothing (randomized smoothing, l2), ibp or crown-ibp (l-inf; need --eps)",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--best", action="store_true", help="use the best checkpoint")
@@ -679,18 +869,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=_positive_int, help="certify the first N examples")
     p.add_argument("--out", help="output directory (default: RUN_DIR/certify)")
-    p.add_argument("--sigma", type=_positive_number, help="noise std (default: the run's)")
-    p.add_argument("--n0", type=_positive_int, default=100, help="selection samples")
-    p.add_argument("--n", type=_positive_int, default=10_000, help="estimation samples")
-    p.add_argument("--alpha", type=_unit_interval, default=0.001, help="failure probability")
     p.add_argument(
-        "--radii", type=_radius, nargs="+", help=f"l2 radii to report (default {CERTIFY_RADII})"
+        "--sigma", type=_positive_number, help="smoothing: noise std (default: the run's)"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="examples per batch")
-    p.add_argument("--chunk", type=_positive_int, default=1000, help="samples per model pass")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--n0", type=_positive_int, default=100, help="smoothing: selection samples")
+    p.add_argument("--n", type=_positive_int, default=10_000, help="smoothing: estimation samples")
     p.add_argument(
-        "--resume", action="store_true", help="go on from OUT/certify_state.json (finished batches)"
+        "--alpha", type=_unit_interval, default=0.001, help="smoothing: failure probability"
+    )
+    p.add_argument(
+        "--radii",
+        type=_radius,
+        nargs="+",
+        help=f"smoothing: l2 radii to report (default {CERTIFY_RADII})",
+    )
+    p.add_argument(
+        "--eps", type=_radius, help="ibp / crown-ibp (required): the l-inf radius to certify"
+    )
+    p.add_argument(
+        "--pgd-steps",
+        type=_positive_int,
+        help=f"ibp / crown-ibp: steps of the PGD cross-check (default {CERTIFY_PGD['pgd_steps']})",
+    )
+    p.add_argument(
+        "--pgd-restarts",
+        type=_positive_int,
+        help=f"ibp / crown-ibp: PGD restarts per loss (default {CERTIFY_PGD['pgd_restarts']})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="examples per batch (default: "
+        + ", ".join(f"{k} {v}" for k, v in _CERTIFY_BATCH.items())
+        + ")",
+    )
+    p.add_argument(
+        "--chunk", type=_positive_int, default=1000, help="smoothing: samples per model pass"
+    )
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="noise / PGD random starts")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="smoothing: go on from OUT/certify_state.json (finished batches); ibp and "
+        "crown-ibp run in one pass and do not resume",
     )
     p.set_defaults(fn=_cmd_certify)
 

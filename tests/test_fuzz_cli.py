@@ -293,6 +293,57 @@ def test_eval_attack_reject_every_bad_option(command, smoke_run, tmp_path):
 
 
 @st.composite
+def _bad_certify_bounds(draw) -> list[str]:
+    """`certify --method ibp|crown-ibp` options with one bad value (or one that belongs to
+    smoothing, or --eps left out)."""
+    method = draw(st.sampled_from(["ibp", "crown-ibp"]))
+    options = {
+        # eps 0 is valid here (the clean accuracy): negated positives, as in _bad_for (a
+        # filtered `floats(max_value=0)` lets 0.0 through).
+        "--eps": st.one_of(
+            st.floats(min_value=1e-300, max_value=1e300).map(lambda v: repr(-v)),
+            _NAN_INF,
+            _TEXT.filter(lambda t: not _is_float(t)),
+        ),
+        "--pgd-steps": _BAD_INT,
+        "--pgd-restarts": _BAD_INT,
+        "--limit": _BAD_INT,
+        "--batch-size": _BAD_INT,
+        "--seed": st.one_of(st.integers(max_value=-1).map(str), _NOT_INT),
+        "--step": st.one_of(st.integers(max_value=-1).map(str), _NOT_INT, st.just("7")),
+        "--sigma": st.sampled_from(["0.25", "1"]),  # a smoothing option
+        "--radii": st.sampled_from(["0.5", "0"]),  # a smoothing option
+        "no --eps": st.just(""),
+    }
+    name = draw(st.sampled_from(sorted(options)))
+    base = ["--method", method]
+    if name == "no --eps":
+        return base
+    value = draw(options[name])
+    option = (
+        [f"{name}={value}"] if value.startswith("-") and not _is_float(value) else [name, value]
+    )
+    return [*base, "--eps", "0.1", *option]  # a bad --eps replaces the good one (last wins)
+
+
+def test_certify_bound_methods_reject_every_bad_option(smoke_run, tmp_path):
+    tally = _Tally("certify --method ibp|crown-ibp --OPTION BAD")
+
+    @_examples(ci=40)
+    @given(option=_bad_certify_bounds())
+    def check(option):
+        tally.cases += 1
+        out = tmp_path / f"out{tally.cases}"
+        argv = ["certify", str(smoke_run), *option, "--out", str(out)]
+        code, _, err = _run(argv)
+        _assert_one_line_error(code, err, "certify", argv)
+        assert not out.exists(), argv
+
+    check()
+    tally.report()
+
+
+@st.composite
 def _bad_run_dir(draw, root: Path, case: int) -> Path:
     kind = draw(st.sampled_from(["missing", "file", "empty", "no_config", "no_checkpoints"]))
     path = root / f"{kind}{case}"

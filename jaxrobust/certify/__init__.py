@@ -59,10 +59,9 @@ if TYPE_CHECKING:
 
 METHODS: dict[str, str | None] = {
     "smoothing": "jaxrobust.certify.smoothing",
-    # Interval bound propagation is in `jaxrobust.certify.ibp` (Python API, the `ibp` /
-    # `crown_ibp` training objectives); `jaxrobust certify` does not run it yet.
-    "ibp": None,
-    "crown-ibp": None,
+    # Interval bound propagation and CROWN-IBP: verified accuracy at an l-inf eps.
+    "ibp": "jaxrobust.certify.ibp",
+    "crown-ibp": "jaxrobust.certify.ibp",
 }
 """`--method` name -> implementing module (None: not available in this build)."""
 
