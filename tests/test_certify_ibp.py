@@ -314,6 +314,7 @@ def test_jit_vmap_and_traced_bad_eps_poison():
     assert float(jnp.abs(g[-1].kernel).sum()) > 0
 
 
+@pytest.mark.slow  # compiles several programs: the default suite keeps under 15 minutes
 def test_verified_accuracy_counts_and_orders():
     net = random_mlp(jax.random.key(0), d=12)
     x = _inputs(jax.random.key(1), (3, 4, 1), b=20)

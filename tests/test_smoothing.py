@@ -106,6 +106,7 @@ print(json.dumps({"devices": jax.device_count(), "count": c.count.tolist()}))
 """
 
 
+@pytest.mark.slow  # compiles several programs: the default suite keeps under 15 minutes
 def test_certify_sharded_over_two_devices_gives_the_same_certificates():
     """The batches are sharded over 2 (simulated CPU) devices in a subprocess: the counts
     are those of one device, bit for bit."""

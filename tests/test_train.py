@@ -232,6 +232,7 @@ def test_eps_warmup_ramps_the_radius_linearly():
     assert eps_warmup(make, 0.5, warmup_steps=0)(None, state, None, None)[0] == 0.5
 
 
+@pytest.mark.slow  # compiles several programs: the default suite keeps under 15 minutes
 def test_config_eps_warmup_trains_on_the_ramped_adversary(batch):
     """With adversary.eps_warmup_epochs = 2 and 5 steps per epoch, step 3 of the config's
     PGD-AT (explicit step size, ℓ2) is exactly PGD-AT at ε·4/10 with the step size scaled
