@@ -23,12 +23,14 @@ run whose record has the same overrides: an interrupted sweep resumes.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import _common as C  # experiments/ is on sys.path (script dir, or added by the CLI)
 import _plots as PL
+import _tradeoff_digits as TD
 import numpy as np
 from _shapes_runs import train_and_measure
 
@@ -116,23 +118,10 @@ def _run(overrides: list[str], run_dir: Path) -> dict:
         if record.get("overrides") == overrides:
             return record
     if run_dir.exists():  # a run interrupted before its record, or other settings: redo
-        import shutil
-
         shutil.rmtree(run_dir)
     record = train_and_measure(overrides, run_dir)
     saved.write_text(json.dumps(C.jsonable(record), indent=1) + "\n")
     return record
-
-
-def _over_seeds(a: np.ndarray, what: str, seeds: int, n_test: int) -> dict:
-    a = np.asarray(a, float)
-    se = a.std(-1, ddof=1) / np.sqrt(seeds) if seeds > 1 else None
-    return C.measured(
-        a.mean(-1),
-        n=seeds,
-        se=se,
-        how=f"{what}, on {n_test} test images, mean over {seeds} training seeds; SE over seeds",
-    )
 
 
 def _variant(cfg: dict, planted: bool, out: Path) -> dict:
@@ -156,18 +145,18 @@ def _variant(cfg: dict, planted: bool, out: Path) -> dict:
         "dataset_kwargs": records[0][0]["config"]["dataset_kwargs"],
         "eps_train": eps_train,
         "accuracy": {
-            split: _over_seeds(a, f"accuracy on shapes '{split}'", seeds, n_test)
+            split: TD.measured_over_seeds(a, f"accuracy on shapes '{split}'", seeds, n_test)
             for split, a in per_seed.items()
         },
         "accuracy_per_seed": {split: a for split, a in per_seed.items()},
-        "robust_accuracy_own_eps": _over_seeds(
+        "robust_accuracy_own_eps": TD.measured_over_seeds(
             robust,
             f"accuracy under l2 PGD-{cfg['eval_steps']} at the model's own eps_train "
             "(eps_train = 0: clean)",
             seeds,
             n_test,
         ),
-        "clean_minus_standard_pp": _over_seeds(
+        "clean_minus_standard_pp": TD.measured_over_seeds(
             100 * (per_seed["test"] - per_seed["test"][:1]),
             "accuracy on 'test' minus the standard model's (pp, paired by seed)",
             seeds,
@@ -176,7 +165,7 @@ def _variant(cfg: dict, planted: bool, out: Path) -> dict:
         "train_seconds": float(sum(r["train_seconds"] for row in records for r in row)),
     }
     if planted:
-        result["reliance_drop_pp"] = _over_seeds(
+        result["reliance_drop_pp"] = TD.measured_over_seeds(
             100 * (per_seed["test"] - per_seed["test_shuffled"]),
             "accuracy on 'test' minus on 'test_shuffled' (pp, same images)",
             seeds,
