@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 import jaxrobust as jr
 from jaxrobust import report
+from jaxrobust.provenance import git_commit
 
 Array = jax.Array
 
@@ -177,24 +178,7 @@ def header(name: str, smoke: bool, seed: int, settings: dict) -> dict:
 def run_info() -> dict:
     """Library version and git commit of the code that produced a result (commit None
     outside a git checkout; '+dirty' when the work tree had uncommitted changes)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        commit = commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"jaxrobust_version": jr.__version__, "git_commit": commit}
+    return {"jaxrobust_version": jr.__version__, "git_commit": git_commit()}
 
 
 def finish(out: Path, name: str, data: dict, t0: float, lines: Sequence[str]) -> Path:

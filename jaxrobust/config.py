@@ -130,6 +130,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.early_stopping.enabled = False
     c.early_stopping.metric = "validation_robust_accuracy"  # | validation_clean_accuracy
     c.early_stopping.patience = 0  # stop after this many epochs without improvement; 0 = never
+
+    # What a run writes besides config.json, run_info.json, metrics.json and its PNGs.
+    # tensorboard: event files in out_dir/tensorboard (per-epoch history, final metrics);
+    # needs the `tensorboard` extra (tensorboardX). May change when a run is resumed.
+    c.logging = ml_collections.ConfigDict()
+    c.logging.tensorboard = False
     return c
 
 
@@ -153,6 +159,8 @@ CONFIGS = {"default": default_config, "smoke": smoke_config}
 
 
 def _parse_value(text: str) -> Any:
+    if text in ("true", "false"):  # JSON spelling, as in config files
+        return text == "true"
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -399,6 +407,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"unknown schedule {cfg.optimizer.schedule!r}; "
             "known: constant, piecewise, cosine, cyclic"
+        )
+    if not isinstance(cfg.logging.tensorboard, bool):
+        raise ConfigError(
+            f"logging.tensorboard must be true or false, got {cfg.logging.tensorboard!r}"
         )
     es = cfg.early_stopping
     if es.metric not in EARLY_STOPPING_METRICS:

@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +58,7 @@ from jaxrobust.errors import (
     screen,
 )
 from jaxrobust.models.adapters import as_logits_fn
+from jaxrobust.provenance import git_commit
 from jaxrobust.represent.inversion import invert, layer_features
 from jaxrobust.threat import example_keys, input_checks, l2, unconstrained
 
@@ -345,23 +345,6 @@ BUILD_FILE = "build.json"
 CHUNKS_DIR = "chunks"
 
 
-def _git_commit() -> str | None:
-    """HEAD of the jaxrobust checkout this module runs from (None for an installed copy)."""
-    if not (Path(__file__).parent.parent / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def _digest(tree: Any) -> str:
     """sha256 of a pytree's array leaves (shapes, dtypes and bytes), 16 hex digits."""
     h = hashlib.sha256()
@@ -613,7 +596,7 @@ def build_dataset(
             "params": params,
             "params_digest": params_digest,
             "source": src.description,
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "construction": "Ilyas et al. 2019, 'Adversarial Examples Are Not Bugs, They "
             "Are Features'",

@@ -72,6 +72,11 @@ def test_killed_run_resumes_to_identical_params(tmp_path):
         assert m["segments"] == segments
         assert m["wall_seconds"] >= m["train_seconds"] + m["eval_seconds"] > 0, m
 
+    # run_info.json: the first segment's record, and the resumed one appended under it.
+    info = json.loads((killed / "run_info.json").read_text())
+    assert [r["resumed_from_step"] for r in info["resumed"]] == [step]
+    assert "resumed" not in json.loads((full / "run_info.json").read_text())
+
     a, b = _params(full), _params(killed)
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):

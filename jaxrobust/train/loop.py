@@ -57,14 +57,16 @@ from jaxrobust.parallel import (
     replicate,
     shard_batch,
 )
+from jaxrobust.provenance import git_commit, run_metadata
 from jaxrobust.threat import get_threat, spatial
 from jaxrobust.train import objectives
 from jaxrobust.train.accuracy import AccuracyEvaluator
+from jaxrobust.train.event_log import EventLog
 from jaxrobust.train.optim import make_optimizer
 from jaxrobust.train.state import TrainState
 
 # Config keys that may change between a run and its resumption (they do not affect training).
-_RESUMABLE_CHANGES = ("eval", "checkpoint")
+_RESUMABLE_CHANGES = ("eval", "checkpoint", "logging")
 
 
 def build_model(cfg: ml_collections.ConfigDict, info: DatasetInfo):
@@ -275,6 +277,25 @@ def load_run_config(run_dir: str | Path) -> ml_collections.ConfigDict:
     return cfg
 
 
+RUN_INFO = "run_info.json"
+
+
+def _record_run_info(path: Path, seed: int, start_step: int) -> None:
+    """Write what runs this segment (code, packages, devices, command) to run_info.json;
+    a resumed run keeps the first segment's record and appends its own under "resumed"."""
+    info = run_metadata(seed=seed)
+    if path.exists():
+        try:
+            first = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            first = {"unreadable_previous_record": True}
+        if not isinstance(first, dict):
+            first = {"unreadable_previous_record": True}
+        first.setdefault("resumed", []).append({**info, "resumed_from_step": start_step})
+        info = first
+    report.write_json(path, info)
+
+
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
@@ -408,7 +429,7 @@ def train(
     """Train, checkpoint and evaluate; write `out_dir/metrics.json` and PNGs. Returns metrics.
 
     Starting again on an `out_dir` that holds checkpoints resumes the run (same config
-    required, except for the `eval` and `checkpoint` sections); a run that stopped early
+    required, except for the `eval`, `checkpoint` and `logging` sections); a run that stopped early
     stays stopped.
 
     With `early_stopping.enabled`, the returned metrics (and metrics.json) evaluate the
@@ -528,6 +549,8 @@ def train(
         # The first file of a run: written once every input has been checked.
         out.mkdir(parents=True, exist_ok=True)
         report.write_json(out / "config.json", config_json)
+        _record_run_info(out / RUN_INFO, cfg.seed, int(state.step))
+    events = EventLog(out, enabled=is_primary() and cfg.logging.tensorboard, config=config_json)
 
     def save(step: int, metrics: dict | None = None) -> None:
         meta = {
@@ -606,6 +629,7 @@ def train(
                     co_event = {"epoch": epoch, "before": co_best, "after": co_acc}
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
             history.append(record)
+            events.epoch(record, done)
             if co_event is not None:
                 log(
                     f"catastrophic overfitting at epoch {epoch}: PGD accuracy on a training "
@@ -720,7 +744,10 @@ def train(
         "processes": jax.process_count(),
         "jax_version": jax.__version__,
         "python": platform.python_version(),
+        "git_commit": git_commit(),  # more in run_info.json
     }
+    events.final(metrics_out, int(last_state.step))
+    events.close()
     if is_primary():
         report.write_json(out / "metrics.json", metrics_out)
         # A process-local copy of the (replicated) state: the figures' attack runs in this
