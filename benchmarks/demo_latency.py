@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup": args.warmup,
                 "source": args.source,
                 "target": args.target,
+                "screenshot_steps": args.screenshot_steps if args.screenshot else None,
             },
         ),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",

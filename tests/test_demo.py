@@ -125,6 +125,31 @@ def test_move_away_lowers_that_class(server):
     assert out["probs"][cls] < before["probs"][cls]
 
 
+def test_serves_rgb_images():
+    """32×32×3 images (the `shapes` runs' shape): the page's info, the body limit, a step."""
+    rng = np.random.default_rng(0)
+    model = tiny_model(rng.uniform(size=(20, 32, 32, 3)), np.arange(20) % 10)
+    srv = make_server(model, "127.0.0.1", 0, warm_up=False)
+    thread = serve_in_thread(srv)
+    try:
+        info = request(srv, "GET", "/api/info")[1]
+        assert info["image_shape"] == [32, 32, 3] and len(info["examples"][0]) == 3072
+        assert info["max_step_size"] == pytest.approx(np.sqrt(3072))
+        image = rng.uniform(0.3, 0.7, size=3072).round(6).tolist()  # no pixel reaches the box
+        body = {"image": image, "target": 4, "steps": 2, "step_size": 1.5}
+        status, out, _ = request(srv, "POST", "/api/step", body)
+        assert status == 200 and out["target_probs"][1] > out["target_probs"][0]
+        one = request(srv, "POST", "/api/step", {**body, "steps": 1})[1]["image"]
+        # One step moves the image by the step size (ℓ2), two by at most twice that.
+        assert np.linalg.norm(np.subtract(one, image)) == pytest.approx(1.5, rel=1e-3)
+        assert 1.5 < np.linalg.norm(np.subtract(out["image"], image)) <= 3.0 + 1e-3
+        assert request(srv, "POST", "/api/step", {**body, "image": image[:64]})[0] == 400
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
 GOOD = {"target": 3, "steps": 2, "step_size": 0.2, "away": False}
 BAD_BODIES = [
     # (body, words the error must contain)
@@ -239,6 +264,19 @@ def test_parse_step_accepts_only_valid_bodies(body):
 def test_demo_command_bad_input(argv, words, capsys):
     assert main(argv) == 2
     assert words in capsys.readouterr().err
+
+
+def test_demo_help_and_bad_input_answer_without_jax(tmp_path):
+    code = (
+        "import sys\n"
+        "from jaxrobust.cli import main\n"
+        "codes = [main(['demo', '--help']), main(['demo', sys.argv[1]]),\n"
+        "         main(['demo', '--best']), main(['demo', '--port', '-1'])]\n"
+        "assert codes == [0, 2, 2, 2], codes\n"
+        "assert 'jax' not in sys.modules, 'jax was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_demo_command_refuses_a_folder_that_is_no_run(tmp_path, capsys):
