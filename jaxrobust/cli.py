@@ -813,8 +813,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     server = make_server(model, args.host, args.port)
     if not server.loopback_only:
         _warn(f"--host {args.host} is not a loopback address: whoever reaches it can use the demo")
-    print(f"jaxrobust demo: serving at {server.url} (Ctrl-C to stop)", flush=True)
     try:
+        print(f"jaxrobust demo: serving at {server.url} (Ctrl-C to stop)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("\njaxrobust demo: stopped", file=sys.stderr)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -217,6 +218,26 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
         assert got == 200 and len(out["probs"]) == 10
 
 
+def test_a_stalled_body_gets_408_and_frees_the_server(server, monkeypatch):
+    import socket
+
+    from jaxrobust.demo import server as demo_server
+
+    monkeypatch.setattr(demo_server._Handler, "timeout", 0.3)
+    with socket.create_connection(server.server_address[:2], timeout=30) as sock:
+        sock.sendall(
+            b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"ima'
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after it
+            answer += chunk
+        answer = answer.decode()
+    assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.3 s" in answer
+    monkeypatch.undo()
+    assert request(server, "POST", "/api/predict", {"image": _image(server)})[0] == 200
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
@@ -309,8 +330,13 @@ def demo_process(smoke_run, tmp_path_factory):
         assert url, f"the demo did not start:\n{log.read_text()}"
         yield url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: stops serving, exit status 0
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait(30)
+    assert rc == 0 and "jaxrobust demo: stopped" in log.read_text(), log.read_text()
 
 
 def _browser():
@@ -441,3 +467,13 @@ def test_demo_page_in_headless_chromium(demo_process, tmp_path):
         assert out.stat().st_size > 1000
     finally:
         driver.quit()
+
+
+def test_a_missing_browser_skips_here_and_fails_where_required(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: f"/nonexistent/{name}")
+    monkeypatch.delenv("JAXROBUST_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"missing.*/nonexistent/chromium"):
+        _browser()
+    monkeypatch.setenv("JAXROBUST_REQUIRE_BROWSER", "1")  # as .ci/run sets it
+    with pytest.raises(pytest.fail.Exception, match=r"JAXROBUST_REQUIRE_BROWSER=1"):
+        _browser()
