@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
     enable_compilation_cache()
     t0 = time.perf_counter()
+    # The commit of the code that runs, read before this run rewrites its own (tracked)
+    # results and screenshot, which would mark the tree dirty.
+    provenance = C.run_info()
     if args.run_dir:
         model, run_dir = demo_model.from_run(args.run_dir), Path(args.run_dir)
     else:
@@ -219,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         **result,
         "screenshot": _shown(args.screenshot),
     }
+    payload["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    payload.update(provenance)
+    from jaxrobust import report
+
+    report.write_json(args.out, payload)
     h = result["http"]
-    C.finish(
-        args.out.parent,
-        args.out.stem,
-        payload,
-        t0,
-        [f"step latency over HTTP: median {h['median_ms']} ms, p95 {h['p95_ms']} ms (n={h['n']})"],
-    )
+    print(f"step latency over HTTP: median {h['median_ms']} ms, p95 {h['p95_ms']} ms ", end="")
+    print(f"(n={h['n']}) -> {args.out}")
     return 0
 
 
