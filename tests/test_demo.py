@@ -70,6 +70,7 @@ def test_page_and_info(server):
     assert "script-src 'self'" in res.getheader("Content-Security-Policy")
     for path in ("/static/demo.js", "/static/demo.css"):
         assert request(server, "GET", path)[0] == 200
+    assert request(server, "GET", "/favicon.ico")[:2] == (204, b"")
     status, info, _ = request(server, "GET", "/api/info")
     assert status == 200
     assert info["image_shape"] == [8, 8, 1] and info["class_names"] == [str(i) for i in range(10)]
@@ -360,6 +361,7 @@ def _browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=900,760"):
         options.add_argument(arg)
     options.add_argument("--disable-dev-shm-usage")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
@@ -449,6 +451,8 @@ def test_demo_page_in_headless_chromium(demo_process, tmp_path):
         driver.find_element("id", "run").click()
         _wait(driver, "return window.demo.stepsTaken === 8 && !window.demo.running", "run")
         assert _dom_probs(driver)[target] >= after[target] - 1e-3
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors  # no script error, no failed request so far
         # Bad requests from the page's origin: 4xx with a named problem; then a good one.
         script = """
           const done = arguments[arguments.length - 1];

@@ -316,6 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in self.server.files:
             body, ctype = self.server.files[path]
             self._send(HTTPStatus.OK, body, ctype)
+        elif path == "/favicon.ico":  # browsers ask for one: none, without an error
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         elif path.startswith("/api/"):
             raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST")
         else:
