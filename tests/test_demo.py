@@ -198,6 +198,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
         ("POST", "/api/predict", b"{not json", {}, 400, "not valid JSON"),
         ("POST", "/api/predict", b"\xff\xfe", {}, 400, "not UTF-8"),
         ("POST", "/api/predict", b'{"image": [NaN]}', {}, 400, "NaN"),
+        ("POST", "/api/predict", b'{"image": [' + b"9" * 5000 + b"]}", {}, 400, "not valid JSON"),
         ("POST", "/api/predict", raw.replace(b"0.0", b"1e400", 1), {}, 400, "not finite"),
         ("POST", "/api/predict", raw, {"Content-Length": "9999999"}, 413, "exceeds the limit"),
         ("POST", "/api/predict", b"[" * 30_000 + b"]" * 30_000, {}, 400, "nested too deeply"),

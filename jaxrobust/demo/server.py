@@ -364,7 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _bad("the body is not UTF-8") from None
         except RecursionError:
             raise _bad("the JSON is nested too deeply") from None
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # malformed JSON, or an integer of over 4300 digits
             raise _bad(f"the body is not valid JSON: {e}") from None
 
     def _post(self) -> None:
