@@ -1,4 +1,4 @@
-"""The `jaxrobust` command: train, eval, attack and certify.
+"""The `jaxrobust` command: train, eval, attack, certify, experiment and demo.
 
     jaxrobust train [--config NAME|FILE] [--set key=value ...] [--out DIR] [--step N]
                     [--coordinator HOST:PORT --num-processes N --process-id I]
@@ -11,6 +11,7 @@
     jaxrobust certify RUN_DIR --method ibp|crown-ibp --eps EPS [--pgd-steps S]
                       [--pgd-restarts R] [--best | --step N] [--split S] [--limit N]
     jaxrobust experiment NAME [--smoke] [--out DIR]
+    jaxrobust demo [RUN_DIR] [--best] [--host 127.0.0.1] [--port 8000]
 
 Bad input exits with status 2 and one line naming the problem (no traceback), before
 anything is written to disk; configuration errors and `--help` answer without starting JAX.
@@ -778,6 +779,50 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return int(module.main(args.rest) or 0)
 
 
+def _port(text: str) -> int:
+    """A TCP port: 0 (pick a free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535 (0 picks a free port), got {value}")
+    return value
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    run_dir = _check_run_dir(args.run_dir) if args.run_dir else None
+    if run_dir is not None and not (run_dir / "config.json").is_file():
+        from jaxrobust.errors import CheckpointError
+
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.json)")
+    if run_dir is None and args.best:
+        raise ConfigError("--best needs a RUN_DIR (the default model has one checkpoint)")
+    from jaxrobust.compilation_cache import enable_compilation_cache
+
+    # One device (not one per core, as the other commands): a demo step is one image.
+    enable_compilation_cache()
+    from jaxrobust.demo import model as demo_model
+    from jaxrobust.demo.server import make_server
+
+    if run_dir is None:
+        model = demo_model.default_model(progress=not args.quiet)
+    else:
+        model = demo_model.from_run(run_dir, best=args.best)
+    print(f"compiling the model's step ({model.description})", flush=True)
+    server = make_server(model, args.host, args.port)
+    if not server.loopback_only:
+        _warn(f"--host {args.host} is not a loopback address: whoever reaches it can use the demo")
+    try:
+        print(f"jaxrobust demo: serving at {server.url} (Ctrl-C to stop)", flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\njaxrobust demo: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with one line for a malformed command line (the usage is one --help away)."""
 
@@ -919,6 +964,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="experiment module name, e.g. sample_complexity")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="its own options (--smoke, --out)")
     p.set_defaults(fn=_cmd_experiment)
+
+    p = sub.add_parser(
+        "demo",
+        help="interactive image class manipulation in the browser (a local web page)",
+        description=(
+            "Serve a page where you draw an image and watch a robust model move it toward a "
+            "class, step by step, with live class probabilities. Without RUN_DIR: a robust "
+            "(l2 PGD-AT) digits model, trained once into ~/.cache/jaxrobust/demo "
+            "($JAXROBUST_DEMO_DIR) and loaded from there afterwards."
+        ),
+    )
+    p.add_argument("run_dir", nargs="?", help="a directory written by `jaxrobust train`")
+    p.add_argument("--best", action="store_true", help="use the run's best checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar while training")
+    p.set_defaults(fn=_cmd_demo)
     return parser
 
 
