@@ -76,6 +76,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
             "eot_samples": 2,
             "attack_steps": 2,
         },
+        # Not run yet: certifying 500 images with n = 10,000 SmallCNN passes each (~6.5M
+        # MAC per pass, ~3e13 MAC in all) takes hours on the shared 2-core CPU.
         "full": {
             "model": ("small_cnn", {"channels": (16, 32), "dense": 64}),
             "dataset_kwargs": {"num_train": 5000, "num_test": 500},
