@@ -2,7 +2,9 @@
 
 The flat public API (like optax): threat models, losses, the `optimize` engine, attacks,
 models and their adapters, training objectives. Submodules hold the rest:
-`jaxrobust.data`, `jaxrobust.checkpoint`, `jaxrobust.report`, `jaxrobust.train`.
+`jaxrobust.data`, `jaxrobust.checkpoint`, `jaxrobust.report`, `jaxrobust.train`;
+`jaxrobust.certify` (randomized smoothing, IBP, CROWN-IBP) is also reachable as
+`jr.certify` without importing it first.
 
 `import jaxrobust` (and so the `jaxrobust` command) does not import JAX: each public name
 loads its module on first use, so `jaxrobust --help` and configuration errors answer at
@@ -17,6 +19,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from jaxrobust import certify
     from jaxrobust.attacks import (
         ATTACKS,
         SUITES,
@@ -139,6 +142,10 @@ _SOURCES = {
     ),
 }
 
+# public subpackages reachable as attributes (`jr.certify.certify(...)`), imported on first
+# access like the names above
+_SUBPACKAGES = ("certify",)
+
 __all__ = [
     "ATTACKS",
     "SUITES",
@@ -157,6 +164,7 @@ __all__ = [
     "as_features_fn",
     "as_logits_fn",
     "best_of",
+    "certify",
     "classifier_objective",
     "create_model",
     "cross_entropy",
@@ -196,7 +204,7 @@ __all__ = [
     "use_cpu_cores_as_devices",
     "worst_of_k",
 ]
-assert set(__all__) == set(_SOURCES)  # one list of public names, kept in step
+assert set(__all__) == set(_SOURCES) | set(_SUBPACKAGES)  # one list of names, kept in step
 
 
 class _Package(types.ModuleType):
@@ -218,6 +226,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_SOURCES[name]), name)
         globals()[name] = value  # later accesses skip this hook
         return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")  # binds itself on the package
     raise AttributeError(f"module 'jaxrobust' has no attribute {name!r}")
 
 

@@ -387,19 +387,3 @@ def test_training_loop_runs_bound_objectives(tmp_path, objective):
     metrics = train(cfg, tmp_path / "run", progress=False)
     assert metrics["objective"] == objective
     assert metrics["clean_accuracy"] > 0.3  # 3x chance after 33 small steps
-
-
-@pytest.mark.slow
-def test_certified_ibp_experiment_smoke(tmp_path):
-    import json
-
-    from jaxrobust.cli import main
-
-    out = tmp_path / "certified"
-    assert main(["experiment", "certified_ibp", "--smoke", "--out", str(out)]) == 0
-    data = json.loads((out / "digits_ibp.json").read_text())
-    assert data["smoke"] is True and data["wall_time_s"] > 0
-    ibp = {k: v["value"] for k, v in data["ibp"].items()}
-    assert ibp["verified_accuracy"] <= ibp["pgd_accuracy"] <= ibp["clean_accuracy"]
-    assert ibp["verified_and_broken_examples"] == 0 and all(data["checks"].values())
-    assert (out / "digits_ibp.png").stat().st_size > 0

@@ -1,6 +1,7 @@
 """The README's paragraph "Certified robustness by interval bound propagation" is a test:
 each fragment is formatted from the committed measurement
-(experiments/results/certified/digits_ibp.json, written by experiments/certified_ibp.py)
+(the `ibp` part of experiments/results/certified/digits.json, written by
+`jaxrobust experiment certified`, experiments/certified.py)
 and must appear in the README verbatim, the issue's acceptance bars (verified >= 80%,
 clean >= 95%, verified <= PGD <= clean) are checked on the JSON, and a perturbed copy of
 the JSON makes the check fail.
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "experiments" / "results" / "certified" / "digits_ibp.json"
+RESULTS = ROOT / "experiments" / "results" / "certified" / "digits.json"
 
 
 def _readme() -> str:
@@ -33,7 +34,12 @@ def _se(x: float) -> str:
 
 
 def _i(r: dict) -> dict:
-    return {k: v["value"] if isinstance(v, dict) else v for k, v in r["ibp"].items()}
+    """The measured numbers of the IBP part by name."""
+    return {k: v["value"] for k, v in r["ibp"].items() if isinstance(v, dict) and "value" in v}
+
+
+def _s(r: dict) -> dict:
+    return r["ibp"]["settings"]
 
 
 # (README fragment with {} placeholders, the values from the JSON as printed, the property)
@@ -43,15 +49,17 @@ CLAIMS: dict[str, tuple[str, Callable[[dict], tuple], Callable[[dict], bool]]] =
         "epochs, Adam, ε_train {} ramped linearly after {} natural epochs over {} epochs, κ "
         "from 1 to {}; {} s of training",
         lambda r: (
-            *map(str, r["settings"]["hidden"]),
-            str(r["settings"]["epochs"]),
-            str(r["settings"]["eps_train"]),
-            str(r["settings"]["warmup_epochs"]),
-            str(r["settings"]["ramp_epochs"]),
-            str(r["settings"]["kappa"]),
-            f"{r['train_seconds']:.0f}",
+            *map(str, _s(r)["model_kwargs"]["hidden"]),
+            str(_s(r)["epochs"]),
+            str(_s(r)["eps_train"]),
+            str(_s(r)["warmup_epochs"]),
+            str(_s(r)["ramp_epochs"]),
+            str(_s(r)["kappa"]),
+            f"{r['ibp']['train_seconds']:.0f}",
         ),
-        lambda r: r["settings"]["dataset"] == "digits" and r["smoke"] is False,
+        lambda r: (
+            r["settings"]["dataset"] == "digits" and r["smoke"] is False and _s(r)["model"] == "mlp"
+        ),
     ),
     "numbers": (
         "on the {} test images at ℓ∞ ε = {} within [0, 1], verified accuracy {} (SE {} "
@@ -60,12 +68,12 @@ CLAIMS: dict[str, tuple[str, Callable[[dict], tuple], Callable[[dict], bool]]] =
         "and clean accuracy {} (SE {})",
         lambda r: (
             str(r["ibp"]["verified_accuracy"]["n"]),
-            str(r["settings"]["eps"]),
+            str(_s(r)["eps"]),
             _pct(_i(r)["verified_accuracy"]),
             _se(r["ibp"]["verified_accuracy"]["se"]),
             _pct(_i(r)["crown_ibp_verified_accuracy"]),
-            str(r["settings"]["pgd_steps"]),
-            str(r["settings"]["pgd_restarts"]),
+            str(_s(r)["pgd_steps"]),
+            str(_s(r)["pgd_restarts"]),
             _pct(_i(r)["pgd_accuracy"]),
             _se(r["ibp"]["pgd_accuracy"]["se"]),
             _pct(_i(r)["clean_accuracy"]),
@@ -75,7 +83,7 @@ CLAIMS: dict[str, tuple[str, Callable[[dict], tuple], Callable[[dict], bool]]] =
         lambda r: (
             _i(r)["verified_accuracy"] >= 0.8
             and _i(r)["clean_accuracy"] >= 0.95
-            and r["settings"]["eps"] == 0.1
+            and _s(r)["eps"] == 0.1
             and r["ibp"]["verified_accuracy"]["n"] == 360
         ),
     ),
@@ -88,7 +96,7 @@ CLAIMS: dict[str, tuple[str, Callable[[dict], tuple], Callable[[dict], bool]]] =
             <= _i(r)["pgd_accuracy"]
             <= _i(r)["clean_accuracy"]
             and _i(r)["verified_and_broken_examples"] == 0
-            and all(r["checks"].values())
+            and all(r["ibp"]["checks"].values())
         ),
     ),
 }
@@ -113,7 +121,7 @@ def test_readme_claim_matches_committed_results(name):
 def test_results_carry_provenance():
     r = _load()
     assert r["wall_time_s"] > 0 and r["git_commit"] and "+dirty" not in r["git_commit"]
-    assert r["experiment"] == "certified_ibp" and r["smoke"] is False
+    assert r["experiment"] == "certified" and r["smoke"] is False
 
 
 def _set(path: str, value) -> Callable[[dict], None]:
@@ -129,14 +137,15 @@ def _set(path: str, value) -> Callable[[dict], None]:
 
 # Perturbations of the JSON and the claim each must break.
 PERTURBED = [
-    ("recipe", _set("settings.epochs", 100)),
-    ("recipe", _set("train_seconds", lambda t: t + 5)),
+    ("recipe", _set("ibp.settings.epochs", 100)),
+    ("recipe", _set("ibp.train_seconds", lambda t: t + 5)),
+    ("recipe", _set("ibp.settings.model", "small_cnn")),
     ("numbers", _set("ibp.verified_accuracy.value", lambda v: v + 0.01)),
     ("numbers", _set("ibp.verified_accuracy.se", lambda v: v + 0.002)),
     ("numbers", _set("ibp.crown_ibp_verified_accuracy.value", lambda v: v - 0.01)),
     ("numbers", _set("ibp.pgd_accuracy.value", lambda v: v + 0.01)),
     ("numbers", _set("ibp.clean_accuracy.value", lambda v: v - 0.01)),
-    ("numbers", _set("settings.pgd_steps", 10)),
+    ("numbers", _set("ibp.settings.pgd_steps", 10)),
     ("order", _set("ibp.pgd_accuracy.value", 0.8)),
     ("order", _set("ibp.verified_and_broken_examples.value", 1)),
     ("order", _set("ibp.crown_ibp_verified_accuracy.value", 0.5)),

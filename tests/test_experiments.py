@@ -488,3 +488,73 @@ def test_robust_overfitting_windows_and_patience_replay():
     # patience 3 would stop at epoch 8, the last: a run that ends is not "stopped"
     assert ro.replay_patience(epochs, val, 3) == {"stopped_epoch": None, "selected_epoch": 5}
     assert ro.replay_patience(epochs, val, 10) == {"stopped_epoch": None, "selected_epoch": 5}
+
+
+# ---------------------------------------------------------------- certified robustness
+
+
+def _certified_smoke(out: Path, argv: list[str], stem: str) -> dict:
+    assert main(["experiment", "certified", "--smoke", *argv, "--out", str(out)]) == 0
+    data = json.loads((out / f"{stem}.json").read_text())
+    assert data["smoke"] is True and data["wall_time_s"] > 0 and data["git_commit"]
+    assert all(data["checks"].values()), data["checks"]
+    _pngs(out, [stem])
+    return data
+
+
+def _check_smoothing(part: dict) -> None:
+    """Certified and empirical accuracy per radius on the same images; the certified one
+    falls with the radius; the attack bookkeeping matches the certificates."""
+    cert, emp = part["certified_accuracy"], part["empirical_accuracy"]
+    assert set(cert) == set(emp) == {"0", "0.25", "0.5", "0.75"}
+    values = [cert[k]["value"] for k in ("0", "0.25", "0.5", "0.75")]
+    assert values == sorted(values, reverse=True)
+    n = part["settings"]["test_size"]
+    assert all(m["n"] == n and m["se"] is not None for m in [*cert.values(), *emp.values()])
+    ex = part["per_example"]
+    certified_correct = sum(
+        p == y and r > 0
+        for p, y, r in zip(ex["prediction"], ex["label"], ex["radius"], strict=True)
+    )
+    assert part["eot_check"]["attacked"] == certified_correct
+    assert part["eot_check"]["inputs_within_radius"] is True
+    assert part["empirical_check"]["inputs_within_radius"] is True
+
+
+def _check_ibp(part: dict, n: int) -> None:
+    ibp = {k: part[k]["value"] for k in ("verified_accuracy", "pgd_accuracy", "clean_accuracy")}
+    assert ibp["verified_accuracy"] <= ibp["pgd_accuracy"] <= ibp["clean_accuracy"]
+    assert part["verified_accuracy"]["n"] == n == part["settings"]["test_size"]
+    assert part["verified_and_broken_examples"]["value"] == 0 and all(part["checks"].values())
+    assert len(part["curve"]["eps"]) == len(part["curve"]["ibp"]) >= 2
+
+
+@pytest.mark.slow
+def test_certified_smoke(tmp_path):
+    """`jaxrobust experiment certified --smoke`: both methods on digits in one JSON with the
+    issue's keys, and one PNG."""
+    data = _certified_smoke(tmp_path, [], "digits")
+    assert data["settings"] == {"dataset": "digits", "methods": ["smoothing", "ibp"]}
+    _check_smoothing(data["smoothing"])
+    assert data["smoothing"]["settings"]["test_size"] == 16
+    _check_ibp(data["ibp"], 64)
+
+
+@pytest.mark.slow
+def test_certified_shapes_smoke(tmp_path):
+    """`--dataset shapes` (32x32x3, SmallCNN for both methods) runs end to end."""
+    data = _certified_smoke(tmp_path, ["--dataset", "shapes"], "shapes")
+    assert data["settings"]["dataset"] == "shapes"
+    assert data["smoothing"]["settings"]["model"].startswith("small_cnn(")
+    assert data["ibp"]["settings"]["model"] == "small_cnn"
+    _check_smoothing(data["smoothing"])
+    _check_ibp(data["ibp"], 32)
+
+
+@pytest.mark.slow
+def test_certified_one_method_writes_its_own_file(tmp_path):
+    """`--method ibp` runs only IBP, into DATASET_ibp.json (never over DATASET.json)."""
+    data = _certified_smoke(tmp_path, ["--method", "ibp"], "digits_ibp")
+    assert "smoothing" not in data and data["settings"]["methods"] == ["ibp"]
+    _check_ibp(data["ibp"], 64)
+    assert not (tmp_path / "digits.json").exists()

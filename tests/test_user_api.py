@@ -137,6 +137,27 @@ def test_package_ships_type_hints():
     assert "py.typed" in (ROOT / "setup.cfg").read_text()
 
 
+def test_certify_is_reachable_from_the_package_lazily():
+    """`jr.certify` is the `jaxrobust.certify` package without importing it first, reaching
+    it imports no JAX (a fresh interpreter), and its names are the implementing modules'
+    own objects."""
+    code = (
+        "import sys\n"
+        "import jaxrobust as jr\n"
+        "certify = jr.certify\n"
+        "assert 'jax' not in sys.modules, 'jr.certify imported JAX'\n"
+        "from jaxrobust import certify as again\n"
+        "assert again is certify and 'certify' in jr.__all__ and 'certify' in dir(jr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    from jaxrobust.certify import ibp, smoothing
+
+    assert jr.certify.certify is smoothing.certify
+    assert jr.certify.verified_accuracy is ibp.verified_accuracy
+    assert jr.pgd.__module__.startswith("jaxrobust.attacks")  # the flat names are unchanged
+
+
 def _readme_section(title: str) -> list[str]:
     text = (ROOT / "README.md").read_text()
     section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
