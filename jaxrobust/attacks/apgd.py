@@ -781,9 +781,10 @@ def apgd_targeted(
     targeted DLR's denominator z_π1 − ½(z_π3 + z_π4) does not exist). Target j uses key
     fold_in(key, j).
 
+    logits_fn, x, y, key, threat, steps, restarts, random_start, momentum, rho,
+    topk_fraction and use_largereps are as in `apgd` (ℓ1-APGD, in stages by default, for `l1`).
+
     Args:
-      logits_fn, x, y, key, threat, steps, restarts, random_start, momentum, rho,
-        topk_fraction, use_largereps: as `apgd` (ℓ1-APGD, in stages by default, for `l1`).
       n_target_classes: how many target classes to try (9 in AutoAttack).
 
     Returns:
