@@ -181,7 +181,8 @@ def relabelled_adversarial(
 
     Args:
       logits_fn: the source model, x (B, ...) -> (B, C) (a standard model in the paper).
-      x: (B, ...) inputs in [0, 1]; y: (B,) their true labels.
+      x: (B, ...) inputs in [0, 1].
+      y: (B,) their true labels.
       key: PRNG key (the random targets); the same key gives the same result.
       eps: ℓ2 radius in input units (the whole example's ℓ2 norm, pixels in [0, 1]).
       steps: PGD steps.
@@ -282,7 +283,8 @@ def d_robust_batch(
       features_fn: the source model's features, x -> {name: (B, D)} (`as_features_fn`;
         "features" is the penultimate layer) or x -> (B, D). A robust model gives D_R, a
         standard one D_NR.
-      x: (B, ...) inputs in [0, 1] whose features are the targets; y: (B,) labels.
+      x: (B, ...) inputs in [0, 1] whose features are the targets.
+      y: (B,) labels.
       key: PRNG key: draws the uniform noise starts when `x_start` is None.
       steps: gradient steps.
       step_size: ℓ2 length of the first step, input units.

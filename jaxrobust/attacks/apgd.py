@@ -701,7 +701,8 @@ def apgd(
 
     Args:
       logits_fn: the model, x (B, ...) -> logits (B, C).
-      x: (B, ...) clean inputs inside `threat.box`; y: (B,) integer labels.
+      x: (B, ...) clean inputs inside `threat.box`.
+      y: (B,) integer labels.
       key: PRNG key for the random starts.
       threat: `linf(eps)`, `l2(eps)` or `l1(eps)` (eps scalar or (B,), input units); `l1`
         runs ℓ1-APGD (`apgd_l1_rule`), any other threat model the APGD of `apgd_rule`.

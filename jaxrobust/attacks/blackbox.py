@@ -110,7 +110,8 @@ def query_limited_attack(
 
     Args:
       logits_fn: the model; only its outputs are used (never its gradients).
-      x: (B, H, W, C) inputs in `threat.box`; y: (B,) labels.
+      x: (B, H, W, C) inputs in `threat.box`.
+      y: (B,) labels.
       key: PRNG key for the estimators' noise.
       threat: `linf` or `l2` ball.
       estimator: "nes" or "bandits" (Bandits-TD).

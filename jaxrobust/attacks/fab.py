@@ -398,7 +398,8 @@ def fab(
 
     Args:
       logits_fn: the model, x (B, ...) -> logits (B, C); examples must not interact.
-      x: (B, ...) clean inputs (images or flat) inside `threat.box`; y: (B,) int labels.
+      x: (B, ...) clean inputs (images or flat) inside `threat.box`.
+      y: (B,) int labels.
       key: PRNG key for the random starts of restarts 2, 3, ...; the same key gives the
         same result.
       threat: `linf(eps)` or `l2(eps)`; the norm FAB minimises, ε (scalar or (B,)) the

@@ -483,7 +483,8 @@ def certified_accuracy(
     certified radius >= r (Cohen et al.'s approximate certified accuracy).
 
     Args:
-      certificate: `certify`'s result for N examples; y: (N,) integer labels.
+      certificate: `certify`'s result for N examples.
+      y: (N,) integer labels.
       radii: one ℓ2 radius or several (finite, >= 0).
     Returns:
       (len(radii),) fractions in [0, 1] (a 0-d array for one radius).
