@@ -181,7 +181,8 @@ def relabelled_adversarial(
 
     Args:
       logits_fn: the source model, x (B, ...) -> (B, C) (a standard model in the paper).
-      x: (B, ...) inputs in [0, 1]; y: (B,) their true labels.
+      x: (B, ...) inputs in [0, 1].
+      y: (B,) their true labels.
       key: PRNG key (the random targets); the same key gives the same result.
       eps: ℓ2 radius in input units (the whole example's ℓ2 norm, pixels in [0, 1]).
       steps: PGD steps.
@@ -282,7 +283,8 @@ def d_robust_batch(
       features_fn: the source model's features, x -> {name: (B, D)} (`as_features_fn`;
         "features" is the penultimate layer) or x -> (B, D). A robust model gives D_R, a
         standard one D_NR.
-      x: (B, ...) inputs in [0, 1] whose features are the targets; y: (B,) labels.
+      x: (B, ...) inputs in [0, 1] whose features are the targets.
+      y: (B,) labels.
       key: PRNG key: draws the uniform noise starts when `x_start` is None.
       steps: gradient steps.
       step_size: ℓ2 length of the first step, input units.
@@ -501,13 +503,16 @@ def build_dataset(
       dataset_kwargs: the source dataset's parameters (e.g. shapes' {"planted": True});
         default: the run's own when `dataset` is not given, else none. Recorded in the
         build parameters; the derived test split is the test split of that variant.
-      eps, steps, step_size: the ℓ2 radius (d_rand / d_det only), steps and step size
-        (default 2.5·eps/steps for PGD; required for the inversion).
+      eps: the ℓ2 radius (d_rand / d_det only).
+      steps: PGD or inversion steps.
+      step_size: step size (default 2.5·eps/steps for PGD; required for the inversion).
       seed: the construction's PRNG seed.
       chunk_size: examples per chunk (a multiple of the device count shards it evenly).
       start: inversion starts: "noise" (uniform in [0, 1]) or "image" (a random other
         training image, drawn once for the whole split from the seed).
-      layer, decay, tol: the inversion's layer, step decay and success threshold.
+      layer: the inversion's layer.
+      decay: the inversion's step decay.
+      tol: the inversion's success threshold.
       limit: use only the first `limit` training records.
       max_chunks: compute at most this many new chunks in this call, then return (the
         build stays incomplete until a later call finishes it).

@@ -701,7 +701,8 @@ def apgd(
 
     Args:
       logits_fn: the model, x (B, ...) -> logits (B, C).
-      x: (B, ...) clean inputs inside `threat.box`; y: (B,) integer labels.
+      x: (B, ...) clean inputs inside `threat.box`.
+      y: (B,) integer labels.
       key: PRNG key for the random starts.
       threat: `linf(eps)`, `l2(eps)` or `l1(eps)` (eps scalar or (B,), input units); `l1`
         runs ℓ1-APGD (`apgd_l1_rule`), any other threat model the APGD of `apgd_rule`.
@@ -781,9 +782,10 @@ def apgd_targeted(
     targeted DLR's denominator z_π1 − ½(z_π3 + z_π4) does not exist). Target j uses key
     fold_in(key, j).
 
+    logits_fn, x, y, key, threat, steps, restarts, random_start, momentum, rho,
+    topk_fraction and use_largereps are as in `apgd` (ℓ1-APGD, in stages by default, for `l1`).
+
     Args:
-      logits_fn, x, y, key, threat, steps, restarts, random_start, momentum, rho,
-        topk_fraction, use_largereps: as `apgd` (ℓ1-APGD, in stages by default, for `l1`).
       n_target_classes: how many target classes to try (9 in AutoAttack).
 
     Returns:

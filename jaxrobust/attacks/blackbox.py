@@ -110,17 +110,22 @@ def query_limited_attack(
 
     Args:
       logits_fn: the model; only its outputs are used (never its gradients).
-      x: (B, H, W, C) inputs in `threat.box`; y: (B,) labels.
+      x: (B, H, W, C) inputs in `threat.box`.
+      y: (B,) labels.
       key: PRNG key for the estimators' noise.
       threat: `linf` or `l2` ball.
       estimator: "nes" or "bandits" (Bandits-TD).
       max_queries: per-example budget, > 0; an example stops at success or the budget.
       step_size: image step in the threat's norm (default ε/10 for ℓ∞... ε/5 for ℓ2).
       loss: per-example loss on logits to maximise (cross-entropy, as in the papers).
-      nes_samples, nes_sigma: NES queries per step and smoothing radius.
-      fd_eta, exploration, online_lr, tile: Bandits-TD finite-difference step, prior
-        exploration, prior learning rate (ℓ∞: exponentiated-gradient rate 100; ℓ2: 0.1) and
-        the side of the pixel tiles that share a prior entry (data dependence).
+      nes_samples: NES queries per step.
+      nes_sigma: NES smoothing radius.
+      fd_eta: Bandits-TD finite-difference step.
+      exploration: Bandits-TD prior exploration.
+      online_lr: Bandits-TD prior learning rate (ℓ∞: exponentiated-gradient rate 100;
+        ℓ2: 0.1).
+      tile: the side of the pixel tiles that share a Bandits-TD prior entry (data
+        dependence).
 
     Returns:
       `BlackBoxResult`.

@@ -233,7 +233,9 @@ def distill(
       threat: optional threat model whose ball the perturbed half is drawn from.
       model: a Flax linen module taking (x, train=False) -> logits; default
         `jaxrobust.models.MLP(hidden=(256, 256))` with the target's number of classes.
-      steps, batch_size, learning_rate: Adam optimisation of the distillation loss.
+      steps: Adam steps on the distillation loss.
+      batch_size: examples per distillation step.
+      learning_rate: Adam's learning rate.
 
     Returns:
       `Distilled(logits_fn, agreement)`.

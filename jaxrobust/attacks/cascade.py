@@ -95,7 +95,8 @@ def evaluate(
         `logits_fn(x, key)`, and is attacked through EOT (`eot_samples` draws). Pass a
         `jax.tree_util.Partial` carrying the weights (what `jr.as_logits_fn` and
         `TrainState.logits_fn` return) so that a new checkpoint reuses compiled programs.
-      x: (N, ...) inputs in [lo, hi], N ≥ 1; y: (N,) integer labels in [0, C).
+      x: (N, ...) inputs in [lo, hi], N ≥ 1.
+      y: (N,) integer labels in [0, C).
       key: PRNG key for the attacks' random starts.
       threat: "linf", "l2" or "l1".
       eps: one finite ε > 0 or several (one pass per ε, compiled once).

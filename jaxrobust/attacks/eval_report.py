@@ -36,8 +36,8 @@ class Escalation:
 
     attacks: its attacks (the white-box ones take their gradients from a differentiable
     surrogate of the model; success is always decided by the model itself); reason: the
-    flags that triggered it. robust_accuracy[i] is the per-example worst case over the
-    cascade *and* these attacks at eps[i]; per_attack[name][i] the accuracy after that
+    flags that triggered it. `robust_accuracy[i]` is the per-example worst case over the
+    cascade *and* these attacks at `eps[i]`; `per_attack[name][i]` the accuracy after that
     attack. broken_by (E, N) int: the index into `attacks` of the escalation attack that
     broke a point the cascade had left unbroken; `UNBROKEN` (-1) where none did,
     `BY_CASCADE` (-3) where the cascade broke it, `CLEAN_WRONG` (-2).
@@ -60,8 +60,8 @@ class Escalation:
 class EvalReport:
     """Outcome of `evaluate`. Accuracies are fractions of all `num_examples` examples.
 
-    robust_accuracy[i] is the per-example worst case over the suite at eps[i];
-    per_attack[name][i] the accuracy after that attack in the cascade; timings in seconds
+    `robust_accuracy[i]` is the per-example worst case over the suite at `eps[i]`;
+    `per_attack[name][i]` the accuracy after that attack in the cascade; timings in seconds
     (attacking, without compilation; compile_seconds separately).
 
     Per example (N = num_examples, E = len(eps)):

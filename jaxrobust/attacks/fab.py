@@ -398,7 +398,8 @@ def fab(
 
     Args:
       logits_fn: the model, x (B, ...) -> logits (B, C); examples must not interact.
-      x: (B, ...) clean inputs (images or flat) inside `threat.box`; y: (B,) int labels.
+      x: (B, ...) clean inputs (images or flat) inside `threat.box`.
+      y: (B,) int labels.
       key: PRNG key for the random starts of restarts 2, 3, ...; the same key gives the
         same result.
       threat: `linf(eps)` or `l2(eps)`; the norm FAB minimises, ε (scalar or (B,)) the
@@ -409,8 +410,10 @@ def fab(
         distance ½·min(ε, best norm so far) in the threat's norm.
       target: optional (B,) target classes (!= y); then the boundary y|target is
         linearised at every step, else the closest boundary by linearised distance.
-      alpha_max, eta, beta: the paper's maximal bias towards x, extrapolation factor and
-        backward-step factor (defaults as in the paper and AutoAttack).
+      alpha_max: the paper's maximal bias towards x (default as in the paper and
+        AutoAttack).
+      eta: the paper's extrapolation factor (default as in the paper and AutoAttack).
+      beta: the paper's backward-step factor (default as in the paper and AutoAttack).
       final_search: regula-falsi steps on the segment from x to the best point found
         (the original FAB code's optional final search; 0 disables it, as in AutoAttack).
         It costs one forward pass per step and removes the ~0.5% excess norm at which

@@ -197,10 +197,12 @@ def pgd(
 
     Args:
       logits_fn: the model, x (B, ...) -> logits (B, C).
-      x: (B, ...) clean inputs inside `threat.box`; y: (B,) integer labels.
+      x: (B, ...) clean inputs inside `threat.box`.
+      y: (B,) integer labels.
       key: PRNG key for random starts.
       threat: the perturbation set, e.g. `linf(8/255)`, `l2(0.5)`, `spatial()`.
-      steps, restarts: iterations per restart and number of random restarts.
+      steps: iterations per restart.
+      restarts: number of random restarts.
       step_size: in the threat's norm units; default 2.5·ε/steps. Or give `optimizer`.
       loss: per-example loss to maximise (`cross_entropy`, `margin`, `dlr`, ...).
       target: optional (B,) target labels for a targeted attack.

@@ -292,7 +292,8 @@ def square(
     Args:
       logits_fn: the model, images (B, H, W, C) -> logits (B, K). Only evaluated, never
         differentiated.
-      x: (B, H, W, C) clean images inside `threat.box`; y: (B,) integer labels.
+      x: (B, H, W, C) clean images inside `threat.box`.
+      y: (B,) integer labels.
       key: PRNG key; the same key gives the same result.
       threat: `linf(eps)` or `l2(eps)`, eps a scalar or per example (B,), in input units.
       queries: model evaluations per example and restart, the initial one included (at

@@ -124,7 +124,10 @@ def fold_batchnorm(
     """An inference-mode BatchNorm, γ (x − μ)/sqrt(σ² + ε) + β, as one `Affine` layer.
 
     Args:
-      scale, bias: γ and β (C,); mean, var: the running statistics μ and σ² (C,);
+      scale: γ (C,).
+      bias: β (C,).
+      mean: the running mean μ (C,).
+      var: the running variance σ² (C,).
       epsilon: the BatchNorm's ε (Flax's default 1e-5).
     """
     s = jnp.asarray(scale) / jnp.sqrt(jnp.asarray(var) + epsilon)
@@ -319,7 +322,8 @@ def ibp_bounds(net: Network, x: Array, eps: Any, *, lo: float = 0.0, hi: float =
       net: a `Network` (`from_flax(model, variables)` or a tuple of layers).
       x: (B, *input_shape) inputs in [lo, hi].
       eps: ℓ∞ radius, scalar or (B,), in input units.
-      lo, hi: the input domain (the box every input lies in).
+      lo: lower end of the input domain (the box every input lies in).
+      hi: upper end of the input domain.
     Returns:
       `Bounds` of shape (B, K) with lower <= f(x') <= upper for every x' in the set.
     """
@@ -478,7 +482,11 @@ def margin_bounds(
     """Certified lower bounds of the margins z_y − z_j over the ℓ∞ ball ∩ [lo, hi].
 
     Args:
-      net, x, eps, lo, hi: as in `ibp_bounds`.
+      net: as in `ibp_bounds`.
+      x: as in `ibp_bounds`.
+      eps: as in `ibp_bounds`.
+      lo: as in `ibp_bounds`.
+      hi: as in `ibp_bounds`.
       y: (B,) integer labels.
       method: "ibp" (with the last layer merged into the specification), "crown_ibp" (the
         elementwise best of CROWN-IBP's and IBP's bounds: never looser than IBP), or

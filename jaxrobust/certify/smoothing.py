@@ -395,7 +395,8 @@ def certify(
       key: PRNG key; the same key and inputs give the same certificates, whatever the
         batch size, chunk or devices.
       sigma: noise standard deviation (> 0, input units).
-      n0, n: selection and estimation samples per example (>= 1).
+      n0: selection samples per example (>= 1).
+      n: estimation samples per example (>= 1).
       alpha: failure probability in (0, 1).
       batch_size: examples per compiled batch (padded; sharded over the devices when a
         multiple of their count); chunk: noise samples per example per model pass
@@ -482,7 +483,8 @@ def certified_accuracy(
     certified radius >= r (Cohen et al.'s approximate certified accuracy).
 
     Args:
-      certificate: `certify`'s result for N examples; y: (N,) integer labels.
+      certificate: `certify`'s result for N examples.
+      y: (N,) integer labels.
       radii: one ℓ2 radius or several (finite, >= 0).
     Returns:
       (len(radii),) fractions in [0, 1] (a 0-d array for one radius).

@@ -62,7 +62,8 @@ def random_crop_flip(
       rng: the source of randomness (grain hands each record its own generator).
       pad: pixels of zero padding on every side before the H×W crop; shifts are in
         [-pad, pad].
-      crop, flip: which of the two augmentations to apply.
+      crop: apply the random crop.
+      flip: apply the random horizontal flip.
 
     Returns:
       (H, W, C) image of the same dtype.
@@ -258,7 +259,8 @@ def make_loader(
     """A batching `grain.DataLoader` over split `split` of dataset `name`.
 
     Args:
-      name, split: dataset (see `DATASETS`) and split ("train", "test", ...).
+      name: dataset (see `DATASETS`).
+      split: split ("train", "test", ...).
       batch_size: examples per batch *on this shard* (per process).
       seed: 32-bit non-negative int; drives the shuffle order (reshuffled every epoch)
         and augmentation.
@@ -270,8 +272,9 @@ def make_loader(
         (each gets `len // shard_count` records) so every process runs the same number
         of steps; with False, shards cover the split exactly and may differ by one.
       data_dir: where prepared data lives (default: `default_data_dir()`).
-      shard_index, shard_count: this process's shard, e.g. `jax.process_index()` and
-        `jax.process_count()`; shards are disjoint contiguous ranges of records.
+      shard_index: this process's shard, e.g. `jax.process_index()`; shards are disjoint
+        contiguous ranges of records.
+      shard_count: number of shards, e.g. `jax.process_count()`.
       read_options: grain's record-reading threads and prefetch buffer; the default
         (up to 4 threads, 128 records ahead) is ~3x faster per record than grain's own
         default (16 threads, 500 records) on a small machine. Order never depends on it.
@@ -375,7 +378,8 @@ def load_split(
     """A whole split in memory, in record order (for evaluation).
 
     Args:
-      name, split: dataset and split.
+      name: dataset.
+      split: split.
       data_dir: where prepared data lives (default: `default_data_dir()`).
       limit: keep only the first `limit` records (of `records`, when given).
       records: a contiguous range of record indices (step 1), e.g. the held-out tail

@@ -27,7 +27,8 @@ def normalize(x: Array, mean: Stat = 0.0, std: Stat = 1.0) -> Array:
 
     Args:
       x: inputs (..., C).
-      mean, std: a scalar or one value per channel (length C).
+      mean: a scalar or one value per channel (length C).
+      std: a scalar or one value per channel (length C).
     Returns:
       array of the same shape and dtype as `x`.
     """

@@ -73,7 +73,8 @@ def create_model(
     Args:
       name: one of `MODELS` ("mlp", "small_cnn", "madry_cnn", "preact_resnet18", "wide_resnet").
       num_classes: size of the logits.
-      mean, std: in-model input normalisation, a number or one value per channel.
+      mean: in-model input normalisation mean, a number or one value per channel.
+      std: in-model input normalisation std, a number or one value per channel.
       **kwargs: model-specific fields, e.g. `hidden=(128,)` for "mlp", `depth=28, width=10,
         dropout=0.0` for "wide_resnet"; see `model_kwargs(name)`.
     Returns:

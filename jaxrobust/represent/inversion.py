@@ -162,7 +162,8 @@ def invert(
       tol: optional success threshold on the error: an iterate with error <= tol counts
         as a success (`Result.success`); without it, success is all False.
       random_start: start from a random point of the ball (eps) or box (no eps).
-      lo, hi: the input box.
+      lo: lower end of the input box.
+      hi: upper end of the input box.
       unroll: the engine's loop unroll factor (None: the backend's default).
 
     Returns:
