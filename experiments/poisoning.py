@@ -65,7 +65,7 @@ SETTINGS = {
         "lr": 2e-3,
         "seeds": 3,
         "target": 0,
-        "dirty_rate": 0.02,
+        "dirty_rate": 0.03,
         "lc_rate": 0.05,
         "lc_pgd_steps": 20,
         "robust_pgd_steps": 10,
@@ -127,11 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--dataset", choices=DATASETS, default="digits")
         parser.add_argument("--work", default=None, help="derived datasets (default OUT/work)")
+        parser.add_argument("--dirty-rate", type=float, default=None,
+                            help="dirty-label poison rate (default: SETTINGS)")  # fmt: skip
 
     args = C.parse_args(NAME, argv, __doc__, extra)
     t0 = time.perf_counter()
     s = dict(SETTINGS["smoke" if args.smoke else "full"])
     s.update(_IMAGES[args.dataset])
+    if args.dirty_rate is not None:
+        s["dirty_rate"] = args.dirty_rate
     ds = args.dataset
     kw = dict(s["dataset_kwargs"]) if ds == "shapes" else {}
     s["dataset_kwargs"] = kw
