@@ -188,8 +188,8 @@ def label_consistent(
         standard); None: no perturbation (the trigger-only baseline).
       threat: the perturbation's ball (e.g. `jaxrobust.linf(0.3)`, `jaxrobust.l2(2.0)`);
         required with `logits_fn`.
-      steps, step_size: untargeted PGD (cross-entropy on the true label) steps and step
-        size (default 2.5·ε/steps).
+      steps: untargeted PGD (cross-entropy on the true label) steps.
+      step_size: PGD's step size (default 2.5·ε/steps).
 
     Returns:
       `Poisoned(x, y, poisoned, indices)`: labels unchanged; only target-class images
@@ -314,9 +314,11 @@ def write_poisoned_dataset(
       folder: the dataset's folder.
       poisoned: `dirty_label` or `label_consistent`'s result.
       test: the clean (x_test, y_test).
-      trigger, target: the backdoor (to build the triggered split and record it).
+      trigger: the backdoor's trigger (to build the triggered split and record it).
+      target: the backdoor's target class.
       info: the source dataset's `DatasetInfo` (classes and normalisation statistics).
-      description, metadata: recorded in the tfds info and dataset.json.
+      description: recorded in the tfds info and dataset.json.
+      metadata: recorded in the tfds info and dataset.json.
     """
     from jaxrobust.data.derived import write_derived
 
