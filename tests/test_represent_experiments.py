@@ -1,0 +1,75 @@
+"""`jaxrobust experiment representations|synthesis --smoke` end to end on digits and shapes
+(slow: each trains a standard and a robust model): the JSON's fields, the PNG grids, and
+the properties that hold at any size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jaxrobust.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _run(name: str, dataset: str, out: Path) -> dict:
+    argv = ["experiment", name, "--smoke", "--dataset", dataset, "--out", str(out)]
+    assert main(argv) == 0
+    data = json.loads((out / f"{dataset}_smoke.json").read_text())
+    assert data["smoke"] is True and data["wall_time_s"] > 0 and "git_commit" in data
+    assert data["settings"]["dataset"] == dataset
+    for m in ("standard", "robust"):
+        assert data["models"][m]["clean_accuracy"]["method"] == "measured"
+    return data
+
+
+def _pngs(out: Path, names: list[str]) -> None:
+    for n in names:
+        path = out / f"{n}.png"
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+@pytest.mark.parametrize("dataset", ["digits", "shapes"])
+def test_representations_smoke(tmp_path, dataset):
+    data = _run("representations", dataset, tmp_path)
+    tag = f"{dataset}_smoke"
+    _pngs(
+        tmp_path,
+        [f"{tag}_{t}" for t in ("inversion", "interpolation", "visualization", "saliency")],
+    )
+    for m in ("standard", "robust"):
+        inv = data["inversion"][m]
+        assert inv["mean_l2_to_source"]["n"] == data["settings"]["n_invert"]
+        assert 0 <= inv["judged_as_source_class"]["value"] <= 1
+        # The interpolation's ends are the inputs themselves.
+        assert data["interpolation"][m]["endpoint_max_abs_error"]["value"] < 1e-5
+        v = data["visualization"][m]
+        assert v["activation_from_image"]["value"] >= v["activation_before"]["value"] - 1e-5
+        assert -1 <= data["saliency"][m]["alignment_with_image"]["value"] <= 1
+    assert set(data["acceptance"]) == {
+        "inversion_distance_ratio_at_most_0.8",
+        "robust_inversions_judged_as_source_at_least_0.95",
+    }
+
+
+@pytest.mark.parametrize("dataset", ["digits", "shapes"])
+def test_synthesis_smoke(tmp_path, dataset):
+    data = _run("synthesis", dataset, tmp_path)
+    tag = f"{dataset}_smoke"
+    _pngs(
+        tmp_path,
+        [
+            f"{tag}_{t}"
+            for t in ("generation", "inpainting", "super_resolution", "translation", "sketch")
+        ],
+    )
+    s = data["settings"]
+    for m in ("standard", "robust"):
+        g = data["generation"][m]["from_other_class_judged_as_target"]
+        assert g["n"] == s["gen_per_class"] * 10
+        sr = data["super_resolution"][m]["max_l2_downsample_to_low"]["value"]
+        assert sr <= s["sr_eps"] / s["sr_factor"] + 1e-4
+        assert data["inpainting"][m]["masked_mse"]["value"] >= 0
+    assert len(data["acceptance"]) == 4
