@@ -168,7 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     correct = victim_pred == y_test
     seconds["victim"] = time.perf_counter() - t
     fit = X.FitConfig(hidden=tuple(s["substitute_hidden"]), steps=s["substitute_steps"])
-    capacity = max(s["budgets"])
 
     def run(output: str, budget: int, seed: int, seed_size: int | None):
         api = X.prediction_api(victim, output=output, budget=budget, num_classes=num_classes)
@@ -181,7 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             augmentation="jacobian",
             lam=s["lam"],
             fit=fit,
-            capacity=capacity,
         )
         if e.count > budget:  # the API refuses this; checked here as well
             raise AssertionError(f"extraction spent {e.count} > {budget} queries")

@@ -15,6 +15,7 @@ under `jaxrobust.errors.raise_in_jit()`, raises an `InputError` naming the budge
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -93,6 +94,17 @@ def prediction_api(
     lo = check_number(box[0], "box[0]")
     hi = check_number(box[1], "box[1]", lo, lo_open=True)
 
+    try:
+        answer = _answer_program(logits_fn, output)
+    except TypeError:  # an unhashable model: compiled per API
+        answer = _answer_program.__wrapped__(logits_fn, output)
+    return PredictionAPI(answer, output, budget, num_classes, (lo, hi))
+
+
+@functools.lru_cache(maxsize=64)
+def _answer_program(logits_fn: Callable[[Array], Array], output: str) -> Callable[[Array], Array]:
+    """The jitted answer of a model, shared by every API on it (one compile per input shape,
+    whatever the budget)."""
     if output == "probs":
 
         def answer(x: Array) -> Array:
@@ -103,7 +115,7 @@ def prediction_api(
         def answer(x: Array) -> Array:
             return jnp.argmax(logits_fn(x), axis=-1).astype(jnp.int32)
 
-    return PredictionAPI(jax.jit(answer), output, budget, num_classes, (lo, hi))
+    return jax.jit(answer)
 
 
 def _check_count(count: Any) -> None:

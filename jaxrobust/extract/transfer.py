@@ -8,6 +8,7 @@ that size does without any knowledge of the model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from jaxrobust.attacks.apgd import apgd
 from jaxrobust.attacks.pgd import pgd
 from jaxrobust.errors import InputError, check_array, check_callable, check_int, check_key
-from jaxrobust.threat import ThreatModel
+from jaxrobust.threat import ThreatModel, l2, linf
 
 Array = jax.Array
 ATTACKS = ("pgd", "apgd")
@@ -81,11 +82,24 @@ def noise_like(x: Any, key: Array, threat: ThreatModel) -> np.ndarray:
     check_key(key)
     if threat.name not in ("linf", "l2"):
         raise InputError(f"noise_like supports linf and l2 threat models, got {threat.name!r}")
-    x = jnp.asarray(x, jnp.float32)
-    if threat.name == "linf":
+    return np.asarray(_noise(jnp.asarray(x, jnp.float32), key, threat))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _noise_program(x: Array, key: Array, kind: tuple) -> Array:
+    name, eps, lo, hi = kind
+    threat = linf(eps, lo=lo, hi=hi) if name == "linf" else l2(eps, lo=lo, hi=hi)
+    if name == "linf":
         sign = jnp.where(jax.random.bernoulli(key, 0.5, x.shape), 1.0, -1.0)
-        return np.asarray(x + threat.project(sign * jnp.asarray(threat.eps, x.dtype), x))
+        return x + threat.project(sign * jnp.asarray(eps, x.dtype), x)
     g = jax.random.normal(key, x.shape, x.dtype)
     g = g / jnp.sqrt(jnp.sum(g**2, axis=tuple(range(1, x.ndim)), keepdims=True))
-    eps = jnp.asarray(threat.eps, x.dtype)
-    return np.asarray(x + threat.project(g * (100.0 * eps + 100.0), x))
+    return x + threat.project(g * (100.0 * eps + 100.0), x)
+
+
+def _noise(x: Array, key: Array, threat: ThreatModel) -> Array:
+    """One compiled program per (norm, ε, box); a per-example ε array is not supported."""
+    if np.ndim(threat.eps) != 0:
+        raise InputError("noise_like needs a scalar eps")
+    kind = (threat.name, float(threat.eps), float(threat.box[0]), float(threat.box[1]))
+    return _noise_program(x, key, kind)
