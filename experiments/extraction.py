@@ -59,7 +59,7 @@ SETTINGS = {
         "budgets": (100, 250, 500, 1000),
         "headline": 1000,
         "seeds": 3,
-        "seed_size": 100,
+        "seed_size": 250,
         "lam": 0.1,
         "attack_steps": 100,
         "limit": None,
