@@ -9,7 +9,7 @@ and the usual cross-entropy when it returns labels only.
 Papernot, McDaniel, Goodfellow, Jha, Celik & Swami (2017), "Practical black-box attacks
 against machine learning", Jacobian-based dataset augmentation (`augmentation="jacobian"`):
 once the attacker's own points are queried, new queries are synthesised in rounds as
-x + λ·sign(∇_x z_sub[ŷ(x)](x)) (ŷ the API's label for x, z the substitute's logits),
+`x + λ·sign(∇_x z_sub[ŷ(x)](x))` (ŷ the API's label for x, z the substitute's logits),
 clipped to the input box, and the substitute is retrained on everything queried so far.
 
 The query pool (the attacker's own inputs) must not overlap the data the extraction is
