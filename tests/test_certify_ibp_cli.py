@@ -33,6 +33,7 @@ def _one_line_error(capsys, code):
     return err[0]
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 def test_ibp_and_crown_ibp_write_verified_pgd_clean(smoke_run, tmp_path, capsys):
     runs = {}
     for method in ("ibp", "crown-ibp"):

@@ -366,6 +366,7 @@ def test_sample_complexity_digits_smoke(tmp_path):
     assert acc["robust_gap_shrinks_with_n"]["value"] is True
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 def test_tradeoff_digits_smoke(tmp_path):
     data = _run_digits("tradeoff", tmp_path)
     _pngs(tmp_path, ["tradeoff_digits", "tradeoff_saliency"])

@@ -407,6 +407,7 @@ def test_build_from_a_run_directory(smoke_run, tmp_path):
     np.testing.assert_array_equal(y, load_split("digits", "train", limit=64)[1])
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 def test_build_passes_dataset_kwargs_to_the_source_dataset(tmp_path):
     """dataset_kwargs reach the source dataset (train and test splits) and the recorded
     build parameters; other kwargs are another build (ConfigError on resume)."""

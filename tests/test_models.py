@@ -179,6 +179,7 @@ def _xla_conv(x, w, strides, padding):
     return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dims)
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 @settings(max_examples=15, deadline=None)
 @given(
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),

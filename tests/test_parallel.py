@@ -23,6 +23,7 @@ def _run(devices: int, out: Path) -> dict:
     return dict(np.load(out))
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 def test_one_device_equals_eight(tmp_path):
     one = _run(1, tmp_path / "one.npz")
     eight = _run(8, tmp_path / "eight.npz")

@@ -32,6 +32,7 @@ def test_angle_and_shift_reach_training():
             assert cfg.objective == objective and cfg.seed == 3
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 def test_grid_column_is_the_brute_force_answer(digits_test):
     """evaluate_model's grid accuracy: correct on the clean image and on every transform of
     the grid (checked transform by transform), for a small random linear model."""
