@@ -569,6 +569,7 @@ def test_l1_pgd_moves_free_pixels_when_the_steepest_one_is_saturated():
     assert float(result.delta[0, 0]) == 0.0
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 def test_vote_is_the_majority_over_random_transforms():
     from jaxrobust.attacks.spatial import vote
 

@@ -262,6 +262,7 @@ def _damage(path: Path, how: str) -> None:
         path.unlink()
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("how", _DAMAGE)
 def test_every_file_damaged_every_way(tmp_path: Path, how: str, capfd, caplog) -> None:

@@ -175,6 +175,7 @@ def test_randomised_model_is_attacked_with_eot_and_flagged(model_and_data):
     assert "randomised_model" in _flag_names(r)
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 def test_spatial_vote_is_attacked_with_eot(model_and_data):
     """The voting defense is a randomised model: `evaluate` attacks it through EOT. The soft
     vote is differentiable, so the EOT gradient attack breaks it."""

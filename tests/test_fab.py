@@ -275,6 +275,7 @@ def _pgd_mlp(params, x, y, key, eps):
     return pgd(partial(_mlp, params), x, y, key, threat=linf(eps), steps=50, loss=margin)
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 def test_fab_t_on_a_digits_mlp_agrees_with_pgd(digits_model):
     params, x, y = digits_model
     clean = np.asarray(_mlp(params, x)).argmax(1) == y

@@ -93,6 +93,7 @@ def _run_worker(devices: int, path: Path) -> dict:
     return dict(np.load(path))
 
 
+@pytest.mark.slow  # compile-heavy: runs with the slow tests, keeping the default suite < 15 min
 def test_shard_examples_one_device_equals_eight(tmp_path):
     one, eight = _run_worker(1, tmp_path / "one.npz"), _run_worker(8, tmp_path / "eight.npz")
     assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
