@@ -122,7 +122,8 @@ def _digest(x: Any) -> str | None:
         if _is_prng_key(x):
             x = jax.random.key_data(x)
     arr = np.ascontiguousarray(np.asarray(x))
-    return hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest()
+    # numpy's stubs do not declare ndarray a Buffer, which it is.
+    return hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest()  # type: ignore[arg-type]
 
 
 def _manifest(state: PyTree) -> dict[str, Any]:

@@ -106,7 +106,7 @@ class TrainState:
 
     def apply_gradients(self, grads: Any, batch_stats: Any) -> TrainState:
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        return self.replace(
+        return self.replace(  # type: ignore[attr-defined]  # struct.dataclass's, no stub
             step=self.step + 1,
             params=optax.apply_updates(self.params, updates),
             batch_stats=batch_stats,
