@@ -53,6 +53,7 @@ def initialize_distributed(
             f"num_processes={num_processes}, process_id={process_id}"
         )
     # The flag is read when the CPU client is created, i.e. after initialize: set it first.
+    # jax.config's flags are attributes made at run time, which its stubs do not declare.
     if jax.config.jax_cpu_collectives_implementation is None:  # type: ignore[attr-defined]
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(
