@@ -122,8 +122,7 @@ def _digest(x: Any) -> str | None:
         if _is_prng_key(x):
             x = jax.random.key_data(x)
     arr = np.ascontiguousarray(np.asarray(x))
-    # numpy's stubs do not declare ndarray a Buffer, which it is.
-    return hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest()  # type: ignore[arg-type]
+    return hashlib.sha256(arr.view(np.uint8).reshape(-1).data).hexdigest()
 
 
 def _manifest(state: PyTree) -> dict[str, Any]:
