@@ -122,7 +122,7 @@ def _digest(x: Any) -> str | None:
         if _is_prng_key(x):
             x = jax.random.key_data(x)
     arr = np.ascontiguousarray(np.asarray(x))
-    return hashlib.sha256(arr.view(np.uint8).reshape(-1)).hexdigest()
+    return hashlib.sha256(arr.view(np.uint8).reshape(-1).data).hexdigest()
 
 
 def _manifest(state: PyTree) -> dict[str, Any]:

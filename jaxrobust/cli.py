@@ -647,7 +647,9 @@ def _certify_bounds(args: argparse.Namespace, run_dir: Path, out: Path) -> int:
     # A model bound propagation does not know: UnsupportedLayerError (a ConfigError) names
     # the supported ones, before any data is read.
     try:
-        net = ibp.from_flax(getattr(state.apply_fn, "__self__", None), state.variables())
+        # None too (no linen module): from_flax then names the models it supports.
+        module: Any = getattr(state.apply_fn, "__self__", None)
+        net = ibp.from_flax(module, state.variables())
     except ibp.UnsupportedLayerError as e:
         raise ibp.UnsupportedLayerError(f"--method {args.method}: {e}") from None
     if args.resume:
@@ -703,7 +705,7 @@ def _certify_bounds(args: argparse.Namespace, run_dir: Path, out: Path) -> int:
         "ibp": "IBP margin bounds (last layer merged into the specification)",
         "crown_ibp": "CROWN-IBP margin bounds (elementwise best of CROWN-IBP and IBP)",
     }[method]
-    section = {
+    section: dict[str, Any] = {
         "eps": eps,
         "verified_accuracy": _fraction(verified, f"{bound}, {where}"),
         "clean_accuracy": _fraction(correct, f"clean accuracy, {where}"),
@@ -774,6 +776,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
     spec = importlib.util.spec_from_file_location(f"jaxrobust_experiment_{args.name}", path)
+    assert spec is not None and spec.loader is not None  # a .py file always has a loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return int(module.main(args.rest) or 0)

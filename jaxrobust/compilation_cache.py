@@ -39,7 +39,8 @@ def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) ->
         directory or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "jaxrobust" / "jax"
     )
     path.mkdir(parents=True, exist_ok=True)
-    previous = jax.config.jax_compilation_cache_dir
+    # jax.config's flags are attributes made at run time, which its stubs do not declare.
+    previous = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]
     jax.config.update("jax_compilation_cache_dir", str(path))
     if previous and previous != str(path):
         # JAX opens its cache once, at the first compilation: reopen it in the new place.

@@ -524,4 +524,5 @@ def named_error(exc: BaseException) -> JaxRobustError | None:
 
 
 def _subclasses(cls: type) -> list[type]:
-    return [s for c in cls.__subclasses__() for s in (c, *_subclasses(c))]
+    subs: list[type] = cls.__subclasses__()
+    return [s for c in subs for s in (c, *_subclasses(c))]

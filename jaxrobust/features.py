@@ -372,6 +372,7 @@ def _resolve_source(source: Any, kind: str, source_name: str | None) -> _Source:
         from jaxrobust.runs import load_run
 
         run = load_run(source)
+        fn: Callable[..., Any]
         if kind in ("d_rand", "d_det"):
             fn = run.logits_fn()
         else:
@@ -639,6 +640,7 @@ def build_dataset(
                 x_start = x_all[starts_idx[padded]]
                 if jax.device_count() > 1 and chunk_size % jax.device_count() == 0:
                     x_start = shard_examples(x_start)
+            assert step_size is not None  # the inversion requires it: checked above
             c = d_robust_batch(
                 src.fn,
                 x_dev,
@@ -690,8 +692,9 @@ def build_dataset(
     for i in todo:
         if max_chunks is not None and new >= max_chunks:
             break
-        chunks[i] = compute(i)
-        _save_atomic_npz(_chunk_path(out, i), params_digest=np.asarray(params_digest), **chunks[i])
+        chunk = compute(i)
+        chunks[i] = chunk
+        _save_atomic_npz(_chunk_path(out, i), params_digest=np.asarray(params_digest), **chunk)
         new += 1
         if bar is not None:
             bar.update(1)
@@ -714,7 +717,8 @@ def build_dataset(
             "summary": meta.get("summary"),
             "provenance": meta.get("provenance"),
         }
-    cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    full = [c for c in chunks if c is not None]  # all of them: done == num_chunks
+    cat = {k: np.concatenate([c[k] for c in full]) for k in full[0]}
     if not np.array_equal(cat["index"], np.arange(n)):
         raise ConfigError(f"the chunks in {out / CHUNKS_DIR} do not cover the split in order")
     summary = _summary(kind, y_all, cat, x_all, tol)

@@ -310,8 +310,11 @@ def optimize(
     if sum(v is not None for v in (step_size, optimizer, rule)) != 1:
         raise InputError("give exactly one of step_size, optimizer or rule")
     cheap_step = rule is None and threat.name == "linf"
-    if rule is None:
-        rule = fixed_step(step_size) if optimizer is None else optax_step(optimizer)
+    if rule is None and optimizer is None:
+        assert step_size is not None  # exactly one of the three, checked just above
+        rule = fixed_step(step_size)
+    elif rule is None:
+        rule = optax_step(optimizer)
     if steps < 0 or restarts < 1:
         raise InputError(f"need steps >= 0 and restarts >= 1, got {steps=}, {restarts=}")
     pending = screen([*checks, *input_checks(threat, x), *_step_size_checks(step_size)])

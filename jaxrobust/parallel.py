@@ -53,7 +53,8 @@ def initialize_distributed(
             f"num_processes={num_processes}, process_id={process_id}"
         )
     # The flag is read when the CPU client is created, i.e. after initialize: set it first.
-    if jax.config.jax_cpu_collectives_implementation is None:
+    # jax.config's flags are attributes made at run time, which its stubs do not declare.
+    if jax.config.jax_cpu_collectives_implementation is None:  # type: ignore[attr-defined]
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
@@ -113,7 +114,7 @@ def use_cpu_cores_as_devices(count: int | None = None) -> int | None:
 
     if (
         "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-        or jax.config.jax_num_cpu_devices >= 0
+        or jax.config.jax_num_cpu_devices >= 0  # type: ignore[attr-defined]  # flag, no stub
     ):
         return None
     if xla_bridge.backends_are_initialized():
@@ -237,7 +238,9 @@ def shard_examples(*batches: Any, mesh: Mesh | None = None) -> Any:
             "every input must be an array with the same leading batch axis, got leading "
             f"sizes {sorted(map(str, sizes))}"
         )
-    mesh = data_mesh_for_batch(sizes.pop()) if mesh is None else mesh
+    size = sizes.pop()
+    assert size is not None  # excluded just above
+    mesh = data_mesh_for_batch(size) if mesh is None else mesh
     out = shard_global_batch(batches, mesh)
     return out[0] if len(out) == 1 else out
 

@@ -104,7 +104,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def plot_accuracy_vs_eps(
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    curves: Mapping[str, tuple[np.ndarray | Sequence[float], np.ndarray | Sequence[float]]],
     path: str | Path,
     *,
     title: str | None = None,
@@ -165,7 +165,7 @@ def plot_training_curves(
         accuracy was measured on.
     """
     labels = labels or {}
-    groups = {"loss": [], "accuracy": []}
+    groups: dict[str, list[str]] = {"loss": [], "accuracy": []}
     for entry in history:
         for key in entry:
             for group, keys in groups.items():
@@ -217,9 +217,9 @@ def save_image_grid(
     adv: Any,
     path: str | Path,
     *,
-    labels: Sequence[int] | None = None,
-    pred_clean: Sequence[int] | None = None,
-    pred_adv: Sequence[int] | None = None,
+    labels: np.ndarray | Sequence[int] | None = None,
+    pred_clean: np.ndarray | Sequence[int] | None = None,
+    pred_adv: np.ndarray | Sequence[int] | None = None,
     max_images: int = 16,
 ) -> Path:
     """Clean images, their adversarial versions, and the perturbations, in three rows.
@@ -245,7 +245,7 @@ def save_image_grid(
     scale = float(np.abs(delta).max())
     amplified = 0.5 + 0.5 * delta / scale if scale > 0 else np.full_like(delta, 0.5)
 
-    def pick(seq: Sequence[Any] | None, i: int) -> Any:
+    def pick(seq: np.ndarray | Sequence[Any] | None, i: int) -> Any:
         return None if seq is None else to_builtin(np.asarray(seq)[i])
 
     gray = clean.shape[-1] == 1

@@ -167,7 +167,7 @@ class APGDState(NamedTuple):
     eta: Array
     prev: Array
     prev_score: Array
-    count: Array
+    count: Array  # type: ignore[assignment]  # field shadows tuple.count (works at runtime)
     best_delta: Array
     best_score: Array
     best_grad: Array

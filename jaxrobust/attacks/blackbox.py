@@ -153,8 +153,11 @@ def query_limited_attack(
         raise InputError(f"Bandits-TD needs images (B, H, W, C), got shape {x.shape}")
     linf = threat.name == "linf"
     eps = jnp.asarray(threat.eps, x.dtype)
+    step_len: float | jax.Array
     if step_size is None:
-        step_size = eps / 10 if linf else eps / 5
+        step_len = eps / 10 if linf else eps / 5
+    else:
+        step_len = step_size
     if online_lr is None:
         online_lr = 100.0 if linf else 0.1
     per_iter = nes_samples + 1 if estimator == "nes" else 3  # +1: the success check
@@ -167,6 +170,7 @@ def query_limited_attack(
         return jnp.argmax(logits_fn(z), -1) == y
 
     b = x.shape[0]
+    latent: tuple[int, ...]
     if estimator == "bandits":
         latent = (b, -(-x.shape[1] // tile), -(-x.shape[2] // tile), x.shape[3])
     else:
@@ -200,7 +204,7 @@ def query_limited_attack(
             new_prior = jnp.nan_to_num(new_prior)
             grad = _tile_up(new_prior, x.shape, tile)
         direction = jnp.sign(grad) if linf else _unit(grad)
-        moved = threat.project(delta + step_size * direction, x)
+        moved = threat.project(delta + step_len * direction, x)
         # Finished examples (broken, never correct, or out of budget) neither move nor
         # spend queries.
         spend = alive & (queries + per_iter <= max_queries)

@@ -72,7 +72,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax
@@ -291,7 +291,8 @@ def distill(
         variables, opt_state = step(variables, opt_state, k, carried, x)
     probe = x[:_AGREEMENT_EXAMPLES]
     agreement = float(agree(variables, jax.random.fold_in(k_train, steps), carried, probe))
-    return Distilled(as_logits_fn(model, variables), agreement)
+    # as_logits_fn of a linen module and its variables is a Partial.
+    return Distilled(cast(jax.tree_util.Partial, as_logits_fn(model, variables)), agreement)
 
 
 # ----------------------------------------------------------------------------- tracing

@@ -430,7 +430,13 @@ class Cascade:
         for idx, count in chunks(indices, self.batch_size, self.granule, sizes):
             if len(idx) not in sizes:
                 sizes.append(len(idx))
-            args = (p.place(x[idx]), p.place(y[idx]), key, np.int32(ei), np.int32(idx[0]))
+            args: tuple[Any, ...] = (
+                p.place(x[idx]),
+                p.place(y[idx]),
+                key,
+                np.int32(ei),
+                np.int32(idx[0]),
+            )
             args = (*args, np.float32(e), p.carried)
             program, seconds = compiled_program(
                 p.key("attack", name, fn, self.threat, self.lo, self.hi),

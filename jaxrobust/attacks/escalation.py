@@ -91,6 +91,8 @@ def run_escalation(
     esc = Cascade(
         cascade.placement, attacks, cascade.threat, cascade.lo, cascade.hi, cascade.batch_size
     )
+    x_adv_by_eps = report.x_adv_by_eps
+    assert x_adv_by_eps is not None  # a cascade's report always carries its inputs
     cascade_broken = report.broken_by
     broken_by = np.where(
         cascade_broken == UNBROKEN,
@@ -107,7 +109,7 @@ def run_escalation(
             remaining = np.flatnonzero(row == UNBROKEN)
             for ids, xa, broke in esc.attack(name, fn, x, y, remaining, ekey, ei, e):
                 row[ids[broke]] = ai
-                report.x_adv_by_eps[ei][ids[broke]] = xa[broke]
+                x_adv_by_eps[ei][ids[broke]] = xa[broke]
             timings[name] += time.perf_counter() - t0 - (esc.compile_seconds - c0)
             per_attack[name].append(float(np.mean(row == UNBROKEN)))
             if progress is not None and is_primary():

@@ -91,7 +91,7 @@ def measure(
     dim = int(np.prod(x.shape[1:]))
     big, e0 = large_eps(threat, dim, lo, hi), min(eps)
     static = placement.static_model
-    args = (xs, ys, key, placement.carried)
+    args: tuple[Any, ...] = (xs, ys, key, placement.carried)
     program, seconds = compiled_program(
         placement.key("checks", threat, lo, hi, big, e0),
         lambda: _check_attacks_program(static, threat, lo, hi, big, e0),

@@ -149,7 +149,8 @@ class EvalReport:
         esc = d.pop("escalation", None)
         if esc is not None:
             esc = Escalation(**esc, broken_by=arrays.pop("escalation_broken_by", None))
-        return cls(**d, **{k: arrays.get(k) for k in _ARRAYS}, escalation=esc)
+        array_fields: dict[str, Any] = {k: arrays.get(k) for k in _ARRAYS}
+        return cls(**d, **array_fields, escalation=esc)
 
 
 def _base(path: str | Path) -> Path:

@@ -7,7 +7,7 @@ modules. Inputs x (B, ...) lie in the threat model's box; labels y (B,) are inte
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -159,7 +159,7 @@ def _nan_value_check(value: Array) -> Check:
     )
 
 
-def guard(result: Result, checks: list[Check] = ()) -> Result:
+def guard(result: Result, checks: Sequence[Check] = ()) -> Result:
     """Enforce `checks` and a NaN-free `result.value`: raise now when concrete, else
     through one host callback, with `result` poisoned (`optimize.invalidate`)."""
     return invalidate(result, enforce([*checks, _nan_value_check(result.value)]))
@@ -264,7 +264,7 @@ def fgsm(
     return optimize(
         classifier_objective(logits_fn, y, loss=loss, target=target),
         x,
-        key if random_start else jax.random.key(0),
+        key if key is not None else jax.random.key(0),
         threat=threat,
         steps=1,
         step_size=step_size,

@@ -112,7 +112,13 @@ def _window(r0: Array, c0: Array, s: Array, height: int, width: int) -> Array:
 
 
 def _bump(
-    r0: Array, c0: Array, s: Array, transpose: Array, height: int, width: int, xp=jnp
+    r0: Array | int,
+    c0: Array | int,
+    s: Array | int,
+    transpose: Array | bool,
+    height: int,
+    width: int,
+    xp=jnp,
 ) -> Array:
     """The paper's ℓ2 update pattern in an s×s square at (r0, c0), zero elsewhere, (H, W).
 

@@ -266,7 +266,9 @@ def _interval(layer: Any, lo: Array, hi: Array) -> tuple[Array, Array]:
             c, r = mid @ layer.kernel + layer.bias, rad @ jnp.abs(layer.kernel)
         else:
             c = _conv(layer, mid, bias=True)
-            r = _conv(layer.replace(kernel=jnp.abs(layer.kernel)), rad, bias=False)
+            # flax's struct.dataclass adds .replace, which its stubs do not declare.
+            abs_layer = layer.replace(kernel=jnp.abs(layer.kernel))  # type: ignore[attr-defined]
+            r = _conv(abs_layer, rad, bias=False)
         return c - r, c + r
     if isinstance(layer, Affine):
         a, b = lo * layer.scale + layer.shift, hi * layer.scale + layer.shift
@@ -535,8 +537,8 @@ def verified(
 
 def verified_accuracy(
     net: Network,
-    x: Array,
-    y: Array,
+    x: Array | np.ndarray,
+    y: Array | np.ndarray,
     eps: Any,
     *,
     method: str = "ibp",

@@ -91,7 +91,7 @@ class Certificate(NamedTuple):
     prediction: np.ndarray
     radius: np.ndarray
     p_a_lower: np.ndarray
-    count: np.ndarray
+    count: np.ndarray  # type: ignore[assignment]  # field shadows tuple.count (works at runtime)
     sigma: float
     n0: int
     n: int
@@ -224,7 +224,9 @@ def _program(num: int, num_classes: int, chunk: int, mesh: Mesh | None) -> Calla
             model, x, key, sigma=sigma, num=num, num_classes=num_classes, chunk=chunk, offset=offset
         )
 
-    kwargs = {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
+    kwargs: dict[str, Any] = (
+        {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
+    )
     return jax.jit(run, **kwargs)
 
 
@@ -249,7 +251,7 @@ class _Counter:
         """(len(x), C) counts of the examples start, ..., start + len(x) − 1."""
         m = len(x)
         pad = self.batch_size - m
-        xb = np.concatenate([x, np.repeat(x[:1], pad, axis=0)]) if pad else x
+        xb: np.ndarray | Array = np.concatenate([x, np.repeat(x[:1], pad, axis=0)]) if pad else x
         xb = jnp.asarray(xb) if self.mesh is None else shard_global_batch(xb, self.mesh)
         # The chunk is clamped here too, so that settings that run the same passes share
         # one compiled program.
@@ -477,7 +479,7 @@ def _write_state(path: Path, signature: dict, done: int, prediction, count) -> N
 
 
 def certified_accuracy(
-    certificate: Certificate, y: Any, radii: float | Sequence[float]
+    certificate: Certificate, y: Any, radii: float | np.ndarray | Sequence[float]
 ) -> np.ndarray:
     """Fraction of examples certified correct at each radius: prediction == y and
     certified radius >= r (Cohen et al.'s approximate certified accuracy).
@@ -510,7 +512,7 @@ def certified_accuracy(
 
 
 def certified_accuracy_curve(
-    certificate: Certificate, y: Any, radii: Sequence[float] | None = None
+    certificate: Certificate, y: Any, radii: np.ndarray | Sequence[float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(radii, certified accuracy at each): the certified-accuracy-vs-radius curve.
     Default radii: 0 to the largest certified radius (or σ·4 if larger), 41 points."""

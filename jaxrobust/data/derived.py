@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -78,7 +78,7 @@ def derived_info(name: str) -> Any:
         return DatasetInfo(
             name=name,
             tfds_name=name,
-            image_shape=tuple(int(v) for v in meta["image_shape"]),
+            image_shape=cast(tuple[int, int, int], tuple(int(v) for v in meta["image_shape"])),
             num_classes=int(meta["num_classes"]),
             mean=tuple(float(v) for v in meta["mean"]),
             std=tuple(float(v) for v in meta["std"]),
@@ -110,7 +110,10 @@ def derived_builder(name: str) -> Any:
 def _builder_class() -> type:
     import tensorflow_datasets as tfds
 
-    class DerivedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    class DerivedBuilder(
+        tfds.core.GeneratorBasedBuilder,
+        skip_registration=True,  # type: ignore[call-arg]  # tfds is untyped (Any base)
+    ):
         """Writes in-memory split arrays as a tfds dataset (array_record)."""
 
         name = TFDS_NAME

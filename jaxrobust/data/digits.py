@@ -50,7 +50,10 @@ def digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
 
 
-class DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=_SKIP_REGISTRATION):
+class DigitsBuilder(
+    tfds.core.GeneratorBasedBuilder,
+    skip_registration=_SKIP_REGISTRATION,  # type: ignore[call-arg]  # tfds is untyped (Any base)
+):
     """tfds builder for the UCI digits (offline; prepare with `file_format="array_record"`)."""
 
     name = TFDS_NAME

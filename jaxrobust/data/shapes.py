@@ -280,8 +280,8 @@ def _equilateral(x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
 def _triangle(x: np.ndarray, y: np.ndarray, p0, p1, p2) -> np.ndarray:
     """Any triangle, from its three vertices."""
     pts = (p0, p1, p2)
-    d2 = None
-    s_min = None
+    d2: np.ndarray | None = None
+    s_min: np.ndarray | None = None
     e0 = (p1[0] - p0[0], p1[1] - p0[1])
     e2 = (p0[0] - p2[0], p0[1] - p2[1])
     orient = math.copysign(1.0, e0[0] * e2[1] - e0[1] * e2[0])
@@ -295,6 +295,7 @@ def _triangle(x: np.ndarray, y: np.ndarray, p0, p1, p2) -> np.ndarray:
         ss = orient * (vx * ey - vy * ex)
         d2 = dd if d2 is None else np.minimum(d2, dd)
         s_min = ss if s_min is None else np.minimum(s_min, ss)
+    assert d2 is not None and s_min is not None  # set by the loop over the three edges
     return -np.sqrt(d2) * np.sign(s_min)
 
 
@@ -622,7 +623,10 @@ class ShapesConfig(tfds.core.BuilderConfig):
 _DEFAULT_CONFIG = ShapesConfig.of(ShapesParams())
 
 
-class ShapesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=_SKIP_REGISTRATION):
+class ShapesBuilder(
+    tfds.core.GeneratorBasedBuilder,
+    skip_registration=_SKIP_REGISTRATION,  # type: ignore[call-arg]  # tfds is untyped (Any base)
+):
     """tfds builder for `shapes` (offline; prepare with `file_format="array_record"`).
 
     Build one with `ShapesBuilder.for_params(params, data_dir=...)`; the default config

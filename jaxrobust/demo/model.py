@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +106,8 @@ class DemoModel:
     description: str
 
     def __post_init__(self) -> None:
-        self.image_shape = tuple(int(s) for s in self.image_shape)
+        # Its length is checked just below.
+        self.image_shape = cast(tuple[int, int, int], tuple(int(s) for s in self.image_shape))
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
             raise InputError(f"image_shape must be (H, W, C) >= 1, got {self.image_shape}")
         self.class_names = tuple(str(c) for c in self.class_names)

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxrobust.errors import (
     Check,
@@ -129,7 +130,7 @@ def _check_count(count: Any) -> None:
         raise InputError("count must be a scalar integer (queries spent so far)")
 
 
-def query(api: PredictionAPI, x: Array, count: int | Array) -> tuple[Array, Any]:
+def query(api: PredictionAPI, x: ArrayLike, count: int | Array) -> tuple[Array, Any]:
     """Ask `api` about the inputs x; returns `(answers, count + B)`.
 
     Args:

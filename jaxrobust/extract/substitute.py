@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from jaxrobust.errors import InputError, check_array, check_int, check_key, check_number
 from jaxrobust.extract.api import PredictionAPI, query
@@ -54,7 +55,8 @@ class Extraction(NamedTuple):
     params: Any
     x: np.ndarray
     answers: np.ndarray
-    count: int
+    # A field named like tuple.count: mypy sees a clash, the NamedTuple works (public name).
+    count: int  # type: ignore[assignment]
     pool_queries: int
 
 
@@ -94,7 +96,7 @@ def soft_cross_entropy(logits: Array, targets: Array) -> Array:
     return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
-def targets_of(answers: Array, output: str, num_classes: int) -> Array:
+def targets_of(answers: ArrayLike, output: str, num_classes: int) -> Array:
     """The training targets (B, C) of API answers: probabilities as they are, labels one-hot."""
     if output == "probs":
         return jnp.asarray(answers, jnp.float32)
@@ -127,9 +129,9 @@ def _fit_program(model: nn.Module, steps: int, lr: float, weight_decay: float) -
 
 def fit_classifier(
     key: Array,
-    x: Array,
-    targets: Array,
-    mask: Array | None = None,
+    x: ArrayLike,
+    targets: ArrayLike,
+    mask: ArrayLike | None = None,
     *,
     fit: FitConfig = DEFAULT_FIT,
 ) -> tuple[Any, Callable[[Array], Array], Array]:
@@ -280,8 +282,8 @@ def extract(
     k_pool, k_init = jax.random.split(key)
     order = np.asarray(jax.random.permutation(k_pool, n))
     xs = pool[order[:seed_size]]
-    answers, count = query(api, xs, count)
-    answers = np.asarray(answers)
+    first, count = query(api, xs, count)
+    answers = np.asarray(first)
     spent = seed_size
     model = create_model("mlp", api.num_classes, hidden=fit.hidden)
 

@@ -20,7 +20,7 @@ import inspect
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -52,12 +52,11 @@ class _LinenApply:
     mutable: tuple[str, ...] = ()
 
     def __call__(self, variables: Mapping[str, Any], x: Array) -> Array:
+        mode: dict[str, Any] = dict(self.mode)
         if self.mutable:
-            logits, _ = self.module.apply(
-                variables, x, mutable=list(self.mutable), **dict(self.mode)
-            )
+            logits, _ = self.module.apply(variables, x, mutable=list(self.mutable), **mode)
             return logits
-        return self.module.apply(variables, x, **dict(self.mode))
+        return cast(Array, self.module.apply(variables, x, **mode))  # not mutable: the logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +68,13 @@ class _LinenFeatures:
     capture_intermediates: bool = False
 
     def __call__(self, variables: Mapping[str, Any], x: Array) -> dict[str, Array]:
+        mode: dict[str, Any] = dict(self.mode)
         logits, state = self.module.apply(
             variables,
             x,
             mutable=["intermediates"],
             capture_intermediates=self.capture_intermediates,
-            **dict(self.mode),
+            **mode,
         )
         flat = traverse_util.flatten_dict(dict(state.get("intermediates", {})), sep="/")
         out: dict[str, Array] = {}

@@ -7,7 +7,7 @@ Layout is NHWC throughout (batch, height, width, channels).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import flax.linen as nn
 import jax
@@ -39,14 +39,15 @@ def normalize(x: Array, mean: Stat = 0.0, std: Stat = 1.0) -> Array:
 
 def check_stats(mean: Stat, std: Stat) -> None:
     """Raise `ConfigError` for a malformed mean/std (wrong rank, or std <= 0)."""
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     for name, v in (("mean", mean), ("std", std)):
         try:
-            arrays[name] = np.asarray(v, dtype=np.float64)
+            a: np.ndarray | None = np.asarray(v, dtype=np.float64)
         except (TypeError, ValueError):
-            arrays[name] = None
-        if arrays[name] is None or arrays[name].ndim > 1:
+            a = None
+        if a is None or a.ndim > 1:
             raise ConfigError(f"{name} must be a number or one value per channel, got {v!r}")
+        arrays[name] = a
     if not np.all(arrays["std"] > 0):
         raise ConfigError(f"std must be > 0 (per channel), got {std!r}")
 
@@ -105,7 +106,7 @@ def conv_padding(
     pads = [tuple(int(v) for v in p) for p in padding]
     if len(pads) != 2 or any(len(p) != 2 or min(p) < 0 for p in pads):
         raise ValueError(f"padding must be two (low, high) pairs of ints >= 0, got {padding!r}")
-    return pads
+    return cast(list[tuple[int, int]], pads)  # two pairs, checked just above
 
 
 def conv_as_gemm(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -113,7 +113,7 @@ def init_model(model: nn.Module, key: Array, input_shape: Sequence[int]) -> dict
     shape = tuple(int(d) for d in input_shape)
     x = jnp.zeros((1, *shape), jnp.float32)
 
-    def init(k: Array, x: Array) -> dict[str, Any]:
+    def init(k: Array, x: Array) -> Mapping[str, Any]:
         return model.init({"params": k, "dropout": k}, x, train=False)
 
     # One compiled init beats op-by-op dispatch for the larger ResNets.

@@ -211,6 +211,7 @@ def label_consistent(
     if logits_fn is not None and count > 0:
         from jaxrobust.attacks.pgd import pgd
 
+        assert threat is not None  # required with logits_fn, checked above
         res = pgd(
             logits_fn,
             chosen,

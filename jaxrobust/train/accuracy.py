@@ -99,7 +99,9 @@ class AccuracyEvaluator:
             return (jnp.argmax(f(x), -1) == y) & ~result.success
 
         # Replicated outputs: each process can read the whole result (np.asarray).
-        out = {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
+        out: dict[str, Any] = (
+            {} if mesh is None else {"out_shardings": NamedSharding(mesh, PartitionSpec())}
+        )
         # Traced without host callbacks (persistent-cache friendly); inputs come from the
         # validated data pipeline, and a poisoned attack (non-finite logits) counts every
         # point as broken: accuracy 0, never a confident robust number.

@@ -22,6 +22,7 @@ only process 0 logs and writes the report files (config.json, metrics.json, PNGs
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -227,7 +228,7 @@ class _Run:
 
 
 def restore_run(
-    run_dir: str | Path,
+    run_dir: str | os.PathLike[str],
     *,
     best: bool = False,
     step: int | None = None,

@@ -106,7 +106,8 @@ class TrainState:
 
     def apply_gradients(self, grads: Any, batch_stats: Any) -> TrainState:
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        return self.replace(
+        # flax's struct.dataclass adds .replace, which its stubs do not declare.
+        return self.replace(  # type: ignore[attr-defined]
             step=self.step + 1,
             params=optax.apply_updates(self.params, updates),
             batch_stats=batch_stats,
