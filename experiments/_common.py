@@ -31,6 +31,11 @@ Array = jax.Array
 # attack here declares a box wide enough never to bind.
 WIDE = 1e6
 
+# The commit of the code this process imported, read once at import: an experiment rewrites
+# its own tracked results files before `finish` runs, so reading it there would mark every
+# committed result "+dirty".
+_COMMIT_AT_IMPORT = git_commit()
+
 
 def parse_args(
     name: str,
@@ -176,9 +181,10 @@ def header(name: str, smoke: bool, seed: int, settings: dict) -> dict:
 
 
 def run_info() -> dict:
-    """Library version and git commit of the code that produced a result (commit None
-    outside a git checkout; '+dirty' when the work tree had uncommitted changes)."""
-    return {"jaxrobust_version": jr.__version__, "git_commit": git_commit()}
+    """Library version and git commit of the code that produced a result, read when the
+    experiment's code was imported (commit None outside a git checkout; '+dirty' when the work
+    tree then had uncommitted changes to tracked files)."""
+    return {"jaxrobust_version": jr.__version__, "git_commit": _COMMIT_AT_IMPORT}
 
 
 def finish(out: Path, name: str, data: dict, t0: float, lines: Sequence[str]) -> Path:

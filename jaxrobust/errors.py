@@ -447,6 +447,35 @@ def range_checks(x: Any, lo: float, hi: float, name: str = "x") -> list[Check]:
     ]
 
 
+def index_checks(
+    values: Any, bound: int, batch: int, name: str, what: str, item: str = "index"
+) -> list[Check]:
+    """One integer index in [0, bound) per example: shape (batch,) and an integer dtype are
+    static (raised now); the range is a `Check`, raised now for concrete values and fused
+    into the engine's poisoning for traced ones. The messages call each value an `item`
+    ("class", "index") and name the bound by `what` ("the model's classes")."""
+    article = "an" if item[:1] in "aeiou" else "a"
+    kind = "" if item == "index" else f"{item} "
+    shape = np.shape(values)
+    if shape != (batch,):
+        raise InputError(f"{name} must hold one {item} per example, shape ({batch},), got {shape}")
+    dtype = values.dtype if hasattr(values, "dtype") else np.asarray(values).dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise InputError(f"{name} must hold integer {kind}indices, got dtype {dtype}")
+    v = jnp.asarray(values)
+    bad = (v < 0) | (v >= bound)
+    return screen(
+        [
+            Check(
+                jnp.any(bad),
+                f"{name} holds {article} {item} outside [0, {bound}) ({what}) for {{}} of {{}} "
+                "examples",
+                (jnp.sum(bad), batch),
+            )
+        ]
+    )
+
+
 def label_checks(y: Any, num_classes: int, name: str = "y") -> list[Check]:
     """`check_labels` for concrete labels (raises now); a check if traced."""
     if not _traced(y):

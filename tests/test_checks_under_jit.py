@@ -282,3 +282,27 @@ def test_only_raise_in_jit_puts_a_callback_in_the_program():
     out = jax.block_until_ready(fn(X * 255, Y, 0.1, 1.0))
     assert errors.is_poisoned(out.value) and np.all(np.asarray(out.success))
     assert errors.raise_if_poisoned(fn(X, Y, 0.1, 1.0)) is not None
+
+
+def test_index_checks_name_shape_dtype_and_range_eagerly_and_traced():
+    """One helper checks every per-example index (target classes, feature components):
+    static problems raise now, the range raises now when concrete and is a fused `Check`
+    (true exactly for out-of-range values) when traced."""
+    idx = np.array([0, 2, 3, 1], np.int32)
+    assert errors.index_checks(idx, 4, 4, "target", "the model's classes", "class") == []
+    with pytest.raises(InputError, match=r"target must hold one class per example, shape \(4,\)"):
+        errors.index_checks(idx[:3], 4, 4, "target", "the model's classes", "class")
+    with pytest.raises(InputError, match="component must hold integer indices, got dtype float32"):
+        errors.index_checks(idx.astype(np.float32), 4, 4, "component", "the layer's size")
+    with pytest.raises(InputError, match=re.escape("holds an index outside [0, 3) (the layer")):
+        errors.index_checks(idx, 3, 4, "component", "the layer's size")
+
+    @jax.jit
+    def flags(v):
+        (check,) = errors.index_checks(v, 3, 4, "target", "the model's classes", "class")
+        return check.bad, check.values[0]
+
+    bad, count = flags(idx)  # the 3 is outside [0, 3)
+    assert bool(bad) and int(count) == 1
+    bad, count = flags(idx % 3)
+    assert not bool(bad) and int(count) == 0

@@ -40,6 +40,7 @@ from jaxrobust.errors import (
     check_key,
     check_number,
     eval_shape_or_name,
+    index_checks,
     screen,
 )
 from jaxrobust.losses import cross_entropy
@@ -70,26 +71,8 @@ def num_classes_of(logits_fn: LogitsFn, x: Array) -> int:
 
 
 def class_checks(y: Array, num_classes: int, batch: int, name: str = "target") -> list[Check]:
-    """Shape/dtype of class indices (raised now) and their range [0, C) (a `Check`: raised
-    now for concrete values, fused into the engine's poisoning for traced ones)."""
-    shape = np.shape(y)
-    if shape != (batch,):
-        raise InputError(f"{name} must hold one class per example, shape ({batch},), got {shape}")
-    dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise InputError(f"{name} must hold integer class indices, got dtype {dtype}")
-    y = jnp.asarray(y)
-    bad = (y < 0) | (y >= num_classes)
-    return screen(
-        [
-            Check(
-                jnp.any(bad),
-                f"{name} holds a class outside [0, {num_classes}) (the model's classes) for "
-                "{} of {} examples",
-                (jnp.sum(bad), batch),
-            )
-        ]
-    )
+    """Class indices, one per example, in [0, C) (`index_checks`)."""
+    return index_checks(y, num_classes, batch, name, "the model's classes", "class")
 
 
 def _threat(eps: float | Array | None, lo: float, hi: float) -> ThreatModel:

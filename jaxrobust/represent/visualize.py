@@ -23,7 +23,7 @@ from jaxrobust.errors import (
     check_int,
     check_key,
     eval_shape_or_name,
-    screen,
+    index_checks,
 )
 from jaxrobust.optimize import Result, StepSize, optimize
 from jaxrobust.represent.inversion import FeaturesFn, invert, layer_features
@@ -82,24 +82,7 @@ def interpolate(
 
 
 def _component_checks(component: Array, dim: int, batch: int) -> list[Check]:
-    shape = np.shape(component)
-    if shape != (batch,):
-        raise InputError(f"component must hold one index per example, ({batch},), got {shape}")
-    dtype = component.dtype if hasattr(component, "dtype") else np.asarray(component).dtype
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise InputError(f"component must hold integer indices, got dtype {dtype}")
-    c = jnp.asarray(component)
-    bad = (c < 0) | (c >= dim)
-    return screen(
-        [
-            Check(
-                jnp.any(bad),
-                f"component holds an index outside [0, {dim}) (the layer's size) for "
-                "{} of {} examples",
-                (jnp.sum(bad), batch),
-            )
-        ]
-    )
+    return index_checks(component, dim, batch, "component", "the layer's size")
 
 
 def visualize_feature(
