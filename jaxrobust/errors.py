@@ -273,11 +273,18 @@ def check_array(x: Any, name: str = "x") -> None:
 
 class Check(NamedTuple):
     """One validity condition: `bad` (a bool, concrete or traced) and the message that
-    names the problem, a `str.format` template filled with `values` (scalars)."""
+    names the problem, a `str.format` template filled with `values` (scalars); `error` is
+    the `JaxRobustError` subclass raised when it fails, eagerly or from inside a jitted
+    call under `raise_in_jit()` (default `InputError`)."""
 
     bad: Any
     message: str
     values: tuple = ()
+    error: type[JaxRobustError] | None = None
+
+
+def _error_of(check: Check) -> type[JaxRobustError]:
+    return check.error if check.error is not None else InputError
 
 
 def _traced(*trees: Any) -> bool:
@@ -304,7 +311,7 @@ def screen(checks: Sequence[Check]) -> list[Check]:
         if _traced(check.bad):
             pending.append(check)
         elif bool(np.any(np.asarray(check.bad))):
-            raise InputError(_render(check))
+            raise _error_of(check)(_render(check))
     return pending
 
 
@@ -314,7 +321,7 @@ def _raise_failed(templates: tuple[Check, ...], flags: Any, values: Any) -> None
         # The first failure only: inputs are checked before outputs, and a bad input
         # (NaN in x, a label >= C) also spoils the outputs.
         if np.any(np.asarray(flag)):
-            raise InputError(_render(Check(None, t.message, tuple(v))))
+            raise _error_of(t)(_render(Check(None, t.message, tuple(v))))
 
 
 _RAISE_IN_CALLBACK = contextvars.ContextVar("jaxrobust_raise_in_callback", default=False)
@@ -402,8 +409,8 @@ def enforce(checks: Sequence[Check]) -> Any:
 
     Returns None when nothing is traced (everything passed), else the traced bool that is
     true when any check failed; the caller poisons its outputs with it, and under
-    `raise_in_jit()` a host callback raises `InputError` naming the first failed check
-    when the program runs (see the module docstring).
+    `raise_in_jit()` a host callback raises the check's error (`InputError` unless it names
+    another) naming the first failed check when the program runs (see the module docstring).
     """
     pending = screen(checks)
     if not pending:
@@ -413,7 +420,7 @@ def enforce(checks: Sequence[Check]) -> Any:
     flags = tuple(jnp.any(jnp.asarray(c.bad)) for c in pending)
     values = tuple(tuple(jnp.asarray(v) for v in c.values) for c in pending)
     bad = jnp.any(jnp.stack(flags))
-    templates = tuple(Check(None, c.message) for c in pending)
+    templates = tuple(Check(None, c.message, error=c.error) for c in pending)
 
     def report(flags, values):
         _raise_failed(templates, flags, values)

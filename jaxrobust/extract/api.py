@@ -10,7 +10,7 @@ caller threads through `query(api, x, count) -> (answers, count + B)`, never hid
 One query is one input: a batch of B inputs costs B. A query that would take the count past
 `api.budget` raises `QueryBudgetError` before anything is answered (eager count), or, with a
 traced count inside `jax.jit`, poisons the answers (NaN probabilities, label -1) and, traced
-under `jaxrobust.errors.raise_in_jit()`, raises an `InputError` naming the budget.
+under `jaxrobust.errors.raise_in_jit()`, raises `QueryBudgetError` from inside the call.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ def query(api: PredictionAPI, x: ArrayLike, count: int | Array) -> tuple[Array, 
       the new count, count + B (same kind as `count`: a Python int stays an int).
 
     Raises:
-      QueryBudgetError: count + B > api.budget (concrete count); nothing is answered.
+      QueryBudgetError: count + B > api.budget (concrete count; nothing is answered), or a
+        traced count over budget under `raise_in_jit()`.
       InputError: x not a numeric (B, ...) array, x outside the box or not finite, a
         negative or non-integer count, or a model that cannot take x. With a traced count
         over budget the answers are poisoned (NaN / -1), see the module docstring.
@@ -176,6 +177,7 @@ def query(api: PredictionAPI, x: ArrayLike, count: int | Array) -> tuple[Array, 
                 "query budget exceeded: {} queries spent, " + f"{b} more asked, budget "
                 f"{api.budget}",
                 (count,),
+                QueryBudgetError,
             )
         )
     bad = enforce(checks)
