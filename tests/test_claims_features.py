@@ -6,13 +6,13 @@ experiments/_features_digits_measure.py), and a perturbed copy of the JSON makes
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from claims_helpers import perturb_numbers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "features_digits_measure.json"
@@ -373,12 +373,4 @@ def test_readme_claim_holds(source, name):
 @pytest.mark.parametrize(("source", "name"), ALL)
 def test_readme_claim_fails_on_other_numbers(source, name):
     """Scale every number of the JSON by 0.9 (or flip exact ones): the claim must stop holding."""
-
-    def shift(o):
-        if isinstance(o, dict):
-            return {k: shift(v) for k, v in o.items()}
-        if isinstance(o, bool) or not isinstance(o, int | float):
-            return o
-        return o * 0.9 if o else 0.05
-
-    assert not _holds(source, name, shift(copy.deepcopy(_results(source))))
+    assert not _holds(source, name, perturb_numbers(_results(source)))
