@@ -341,8 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         curves,
         out / f"{tag}.png",
         f"{ds}: substitute/victim test agreement vs queries (n = {len(y_test)}, ± binomial SE)\n"
-        f"pool: {len(pool)} pool images, then Jacobian augmentation; jacobian_only: "
-        f"{s['seed_size']} pool images, then Jacobian augmentation",
+        f"pool: {len(pool)} pool images, then Jacobian augmentation;\n"
+        f"jacobian_only: {s['seed_size']} pool images, then Jacobian augmentation",
     )
     lines = [
         f"victim accuracy {correct.mean():.3f}; pool {len(pool)}",
