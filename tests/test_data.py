@@ -427,3 +427,30 @@ def test_augmented_loader(data_dir: Path) -> None:
         "digits", "train", batch_size=128, seed=0, shuffle=False, augment=None, data_dir=data_dir
     )
     np.testing.assert_array_equal(next(iter(default))["image"], plain["image"])
+
+
+# --- class subsets (e.g. CIFAR-10 dog vs cat) -------------------------------------------
+
+
+def test_class_subset_keeps_and_relabels_the_chosen_classes(data_dir: Path, tmp_path) -> None:
+    """Digits 5 and 3 (in that order) become classes 0 and 1: every record of them, in
+    source order, with the images unchanged; the name trains and loads like any dataset,
+    and asking again reuses the folder."""
+    name = jd.write_class_subset(tmp_path / "d53", "digits", (5, 3), data_dir=data_dir)
+    info = jd.get_info(name)
+    assert info.num_classes == 2 and info.image_shape == (8, 8, 1)
+    assert info.mean == jd.get_info("digits").mean
+    for split in ("train", "test"):
+        x, y = jd.load_split("digits", split, data_dir=data_dir)
+        xs, ys = jd.load_split(name, split)
+        keep = (y == 5) | (y == 3)
+        np.testing.assert_array_equal(xs, x[keep])
+        np.testing.assert_array_equal(ys, np.where(y[keep] == 5, 0, 1))
+    stamp = (tmp_path / "d53" / "dataset.json").stat().st_mtime_ns
+    assert jd.write_class_subset(tmp_path / "d53", "digits", [5, 3], data_dir=data_dir) == name
+    assert (tmp_path / "d53" / "dataset.json").stat().st_mtime_ns == stamp
+    for bad in ((5,), (3, 3), (3, 10), (-1, 2), (3.0, 5), "35", (True, 3)):
+        with pytest.raises(DatasetError, match="at least 2 distinct class indices"):
+            jd.write_class_subset(tmp_path / "bad", "digits", bad, data_dir=data_dir)
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        jd.write_class_subset(tmp_path / "bad", "no_such_set", (0, 1))

@@ -20,6 +20,7 @@ from jaxrobust.data.datasets import (
     prepare,
     resolve_data_dir,
 )
+from jaxrobust.data.derived import write_class_subset
 from jaxrobust.data.digits import DigitsBuilder
 from jaxrobust.data.loader import (
     LoaderState,
@@ -66,4 +67,5 @@ __all__ = [
     "shapes_params",
     "shard_range",
     "to_arrays",
+    "write_class_subset",
 ]

@@ -224,3 +224,84 @@ def write_derived(
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     os.replace(tmp, info_path)
     return derived_name(folder)
+
+
+def write_class_subset(
+    folder: str | os.PathLike[str],
+    dataset: str,
+    classes: tuple[int, ...] | list[int],
+    *,
+    splits: tuple[str, ...] = ("train", "test"),
+    data_dir: str | os.PathLike[str] | None = None,
+    dataset_kwargs: Mapping[str, Any] | None = None,
+) -> str:
+    """The records of `dataset` whose label is in `classes`, relabelled 0..k-1 in the order
+    given, as a derived dataset in `folder`; returns its name. E.g. CIFAR-10's dog vs cat
+    (the 2-class setting of Ilyas et al. 2019): `write_class_subset(folder, "cifar10",
+    (5, 3))` makes dog class 0 and cat class 1.
+
+    A folder that already holds the same subset (same source, parameters, classes and
+    splits, read from its dataset.json) is reused as it is.
+
+    Args:
+      folder: the dataset's folder.
+      dataset: the source dataset's name (any name `load_split` takes).
+      classes: k >= 2 distinct class indices of the source, in [0, num_classes).
+      splits: the source's splits to keep.
+      data_dir: where the source's prepared data lives.
+      dataset_kwargs: the source's parameters.
+
+    Raises:
+      DatasetError: bad `classes`, or a split with no record of some kept class.
+    """
+    from jaxrobust.data.datasets import get_info
+    from jaxrobust.data.loader import load_split
+
+    info = get_info(dataset)
+    ok = isinstance(classes, list | tuple) and all(
+        isinstance(c, int | np.integer) and not isinstance(c, bool) for c in classes
+    )
+    kept = [int(c) for c in classes] if ok else []
+    if (
+        len(kept) < 2
+        or len(set(kept)) != len(kept)
+        or not all(0 <= c < info.num_classes for c in kept)
+    ):
+        raise DatasetError(
+            f"classes must be at least 2 distinct class indices of {dataset!r} in "
+            f"[0, {info.num_classes}), got {classes!r}"
+        )
+    source = {
+        "dataset": dataset,
+        "dataset_kwargs": dict(dataset_kwargs or {}),
+        "classes": kept,
+        "splits": list(splits),
+    }
+    folder = Path(folder).expanduser().absolute()
+    if (folder / INFO_FILE).is_file():
+        try:
+            if json.loads((folder / INFO_FILE).read_text()).get("class_subset") == source:
+                return derived_name(folder)
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            pass  # unreadable: rebuilt below
+    relabel = np.full(info.num_classes, -1, np.int64)
+    relabel[kept] = np.arange(len(kept))
+    arrays = {}
+    for split in splits:
+        x, y = load_split(dataset, split, data_dir=data_dir, dataset_kwargs=dataset_kwargs)
+        keep = relabel[y] >= 0
+        missing = [c for c in kept if not np.any(y == c)]
+        if missing:
+            raise DatasetError(f"{dataset}/{split} holds no record of the classes {missing}")
+        arrays[split] = (x[keep], relabel[y[keep]])
+    return write_derived(
+        folder,
+        arrays,
+        num_classes=len(kept),
+        mean=tuple(info.mean),
+        std=tuple(info.std),
+        augment=info.augment,
+        flip=info.flip,
+        description=f"Classes {kept} of {dataset}, relabelled 0..{len(kept) - 1} in that order.",
+        metadata={"class_subset": source},
+    )
