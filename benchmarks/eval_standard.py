@@ -213,6 +213,9 @@ def main() -> int:
         paths = [
             ("cold", ["--worker"]),
             ("warm", ["--worker"]),
+            # One device compiles other programs than two (no sharding): the first one-device
+            # run fills the cache for them, so the second is the warm one-device number.
+            ("cold_one_device", ["--one-device", "--worker"]),
             ("warm_one_device", ["--one-device", "--worker"]),
             ("cli_warm", ["--cli-worker"]),
         ]
