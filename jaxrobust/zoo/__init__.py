@@ -473,6 +473,11 @@ def _download(url: str, dest: Path, timeout: float = 60.0) -> str:
 
 def _unpack(archive: Path, dest: Path) -> Path:
     """Unpack a .tar.gz (tarfile's "data" filter) into `dest`; return the run directory."""
+    if not hasattr(tarfile, "data_filter"):  # Python < 3.11.4: no safe extraction filter
+        raise ZooError(
+            f"unpacking {archive} safely needs tarfile's 'data' filter (Python >= 3.11.4); "
+            "unpack it yourself and pass its directory"
+        )
     try:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(dest, filter="data")
