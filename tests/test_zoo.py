@@ -17,6 +17,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxrobust as jr
 from jaxrobust import zoo
@@ -126,6 +128,17 @@ def test_unknown_name_lists_known_names():
     assert isinstance(e.value, CheckpointError)
     with pytest.raises(zoo.ZooError, match=r"no such directory: \./nowhere"):
         zoo.load("./nowhere")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=80) | st.sampled_from(["http://", "https://x#sha256=", "/", ".", "~"]))
+def test_any_other_reference_is_a_named_error(text):
+    """Whatever a user types that is no zoo name: a ZooError (never another exception, never
+    a network access: an URL without a valid sha256 is refused first)."""
+    if text in zoo.list_models():
+        return
+    with pytest.raises(zoo.ZooError):
+        zoo.resolve(text)
 
 
 def _index_with(tmp_path, monkeypatch, entry_dir: Path) -> None:

@@ -380,16 +380,21 @@ def _resolve(ref: str | os.PathLike[str], sha256: str | None) -> _Resolved:
         raise ZooError(f"a zoo model is a name, a path or an URL, got {ref!r}")
     if _is_url(text):
         return _from_url(text, sha256)
-    path = Path(text).expanduser()
+    path = Path(text)
+    try:
+        path = path.expanduser()
+        exists = path.exists()
+    except (OSError, ValueError, RuntimeError):  # NUL byte, too long, `~nosuchuser`
+        exists = False
     try:
         models = index()
     except ZooError:
-        if path.exists():  # a run directory needs no index
+        if exists:  # a run directory needs no index
             return _from_path(path)
         raise
     if text in models:
         return _from_index(text, models[text])
-    if path.exists():
+    if exists:
         return _from_path(path)
     looks_like_path = os.sep in text or text.startswith(".")
     raise ZooError(
