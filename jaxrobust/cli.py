@@ -2,7 +2,7 @@
 
     jaxrobust train [--config NAME|FILE] [--set key=value ...] [--out DIR] [--step N]
                     [--coordinator HOST:PORT --num-processes N --process-id I]
-    jaxrobust eval RUN_DIR [--suite standard | --attacks apgd-ce fab-t ...] [--eps 0.1 0.3]
+    jaxrobust eval RUN_DIR|zoo:NAME [--suite standard | --attacks apgd-ce fab-t ...] [--eps 0.1 0.3]
                    [--best | --step N] [--resume]
                    [--coordinator HOST:PORT --num-processes N --process-id I]
     jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR] [--best | --step N]
@@ -219,6 +219,7 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     _check_distributed_args(args)
+    zoo_model = _zoo_eval_target(args)
     run_dir = _check_run_dir(args.run_dir)
     out = Path(args.out) if args.out else run_dir / "eval"
     _check_out(out, "--out")
@@ -325,7 +326,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
         print(f"ESCALATED ({', '.join(esc.attacks)}): robust accuracy {escalated}")
     print(f"clean accuracy {result.clean_accuracy:.4f}; report in {out}")
+    if zoo_model is not None:
+        for line in zoo_model.compare(
+            metrics, seed=args.seed, batch_size=args.batch_size, checks=not args.no_checks
+        ):
+            print(line)
     return 0
+
+
+def _zoo_eval_target(args: argparse.Namespace) -> Any:
+    """`eval zoo:REF`: REF is a zoo name, a run directory or an http(s) URL
+    (`jaxrobust.zoo.resolve`, checksums verified); evaluate its run directory, with the
+    report in runs/zoo/NAME/eval by default (never inside the installed package). Returns
+    the resolved entry (its `compare` lines follow the report) or None for a plain RUN_DIR."""
+    if not str(args.run_dir).startswith("zoo:"):
+        return None
+    from jaxrobust import zoo
+
+    resolved = zoo.resolve(str(args.run_dir).removeprefix("zoo:"))
+    args.run_dir = str(resolved.run_dir)
+    if args.out is None:
+        args.out = str(Path("runs") / "zoo" / resolved.name / "eval")
+    return resolved
 
 
 def _warn(message: str) -> None:
@@ -856,7 +878,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("attack", _cmd_attack, "save adversarial examples of a run's model and an image grid"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("run_dir", help="a directory written by `jaxrobust train`")
+        p.add_argument(
+            "run_dir",
+            help="a directory written by `jaxrobust train`"
+            + (", or zoo:NAME | zoo:PATH | zoo:URL (jaxrobust.zoo)" if name == "eval" else ""),
+        )
         which = p.add_mutually_exclusive_group()
         which.add_argument("--best", action="store_true", help="use the best checkpoint")
         which.add_argument(
