@@ -220,7 +220,7 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    if args.from_torch is not None or args.run_dir is None:
+    if _wants_from_torch(args):
         return _eval_from_torch(args)
     _check_distributed_args(args)
     run_dir = _check_run_dir(args.run_dir)
@@ -347,7 +347,6 @@ def _add_from_torch_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--dataset",
-        default="cifar10",
         help="with --from-torch: a dataset of 32x32x3 images (default cifar10; shapes is offline)",
     )
     p.add_argument(
@@ -358,6 +357,16 @@ def _add_from_torch_args(p: argparse.ArgumentParser) -> None:
         "checkpoint's normalizer, else none)",
     )
     p.add_argument("--std", type=float, nargs="+", help="with --from-torch: likewise the std")
+
+
+def _wants_from_torch(args: argparse.Namespace) -> bool:
+    """Whether `eval` reads a PyTorch checkpoint; refuses its options beside a RUN_DIR."""
+    if args.from_torch is not None or args.run_dir is None:
+        return True
+    for flag in ("arch", "dataset", "mean", "std"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag} applies to --from-torch only; a run knows its own")
+    return False
 
 
 def _check_from_torch_args(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -383,7 +392,15 @@ def _check_from_torch_args(args: argparse.Namespace) -> tuple[Path, Path]:
     if not args.eps:
         raise ConfigError("--from-torch needs --eps (a PyTorch checkpoint carries no ε)")
     from jaxrobust.data import get_info
+    from jaxrobust.models.layers import check_stats
 
+    for flag, stat in (("--mean", args.mean), ("--std", args.std)):
+        if stat is not None and len(stat) not in (1, 3):
+            raise ConfigError(f"{flag} takes 1 or 3 values (one per channel), got {len(stat)}")
+        if stat is not None and not all(math.isfinite(v) for v in stat):
+            raise ConfigError(f"{flag} must be finite numbers, got {' '.join(map(str, stat))}")
+    check_stats(args.mean or 0.0, args.std or 1.0)
+    args.dataset = args.dataset or "cifar10"
     info = get_info(args.dataset)
     if tuple(info.image_shape) != (32, 32, 3):
         shape = "x".join(map(str, info.image_shape))

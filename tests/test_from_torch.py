@@ -12,6 +12,7 @@ The PyTorch networks below are written here from the architectures' published de
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -425,3 +426,37 @@ def test_bad_keys_and_shapes(small_wrn_sd):
     with pytest.raises(CheckpointError, match=r"wrn-16-1 needs: block1\.layer\.1"):
         convert(sd, "wrn-16-1")
     assert from_torch.resolve_arch("wrn-70-16") == ("wide_resnet", {"depth": 70, "width": 16})
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_cli_eval_from_torch(tmp_path, monkeypatch, capsys):
+    """`jaxrobust eval --from-torch` on the offline 32x32x3 `shapes` (a small variant of it)."""
+    import jaxrobust.data as data
+    from jaxrobust import cli
+
+    real = data.load_split
+
+    def small_shapes(name, split, **kw):  # the default sizes take minutes to generate
+        kw["dataset_kwargs"] = {"num_train": 256, "num_test": 64}
+        return real(name, split, **kw)
+
+    monkeypatch.setattr(data, "load_split", small_shapes)
+    net = _randomise(TAttackerModel(TWideResNet(10, 1), CIFAR_MEAN, CIFAR_STD), seed=7)
+    ckpt = tmp_path / "wrn.pt"
+    torch.save({"model": net.state_dict(), "epoch": 3}, ckpt)
+    argv = ["eval", "--from-torch", str(ckpt), "--arch", "wrn-10-1", "--dataset", "shapes"]
+    argv += ["--eps", "0.01", "--attacks", "pgd-10", "--limit", "8", "--no-checks"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "wrn_eval" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 8 and metrics["arch"] == "wrn-10-1"
+    assert metrics["dataset"] == "shapes" and metrics["eps"] == [0.01]
+    np.testing.assert_allclose(metrics["mean"], CIFAR_MEAN, rtol=1e-6)
+    # The clean accuracy is the PyTorch model's on the same 8 examples.
+    x, y = small_shapes("shapes", "test", limit=8)
+    with torch.no_grad():
+        pred = net(torch.from_numpy(x).permute(0, 3, 1, 2)).argmax(1).numpy()
+    assert metrics["clean_accuracy"] == pytest.approx(float(np.mean(pred == y)))
+    assert metrics["robust_accuracy"][0] <= metrics["clean_accuracy"]
+    assert "clean accuracy" in capsys.readouterr().out
