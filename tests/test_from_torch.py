@@ -277,6 +277,8 @@ def _round_trip(tmp_path, net, arch, batch, seed, save=None, **convert_kwargs):
 
     # One l-inf PGD step from the clean input, in PyTorch (autograd) and in jaxrobust.
     eps, alpha = 8 / 255, 2 / 255
+    for p in net.parameters():  # the input gradient only (WRN-70-16: 1 GB of weight grads)
+        p.requires_grad_(False)
     xg = xt.clone().requires_grad_(True)
     F.cross_entropy(net(xg), torch.from_numpy(y)).backward()
     grad = xg.grad.permute(0, 2, 3, 1).numpy()

@@ -339,7 +339,7 @@ def convert(
                         f"shape mismatch for {tkey!r}: the checkpoint has {tuple(got.shape)}, "
                         f"{arch} expects {_to_torch_shape(want)} (PyTorch layout)"
                     )
-                value = _from_torch(got.astype(np.float32))
+                value = _from_torch(np.asarray(got, dtype=np.float32))  # no copy if float32
             node = out
             for p in path[:-1]:
                 node = node.setdefault(p, {})
