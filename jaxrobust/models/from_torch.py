@@ -282,7 +282,7 @@ def convert(
         `PreActBlock` variant of `preact_resnet18`.
     Returns:
       `(module, variables)`: an unbound linen module (inputs (B, H, W, C) in [0, 1], NHWC)
-      and `{"params": ..., "batch_stats": ...}` as numpy-backed jax arrays (float32), for
+      and `{"params": ..., "batch_stats": ...}` as float32 jax arrays, for
       `jr.as_logits_fn(module, variables)`.
     Raises:
       ConfigError: an unknown architecture or model keyword.
