@@ -338,7 +338,8 @@ def _add_from_torch_args(p: argparse.ArgumentParser) -> None:
         "--from-torch",
         metavar="FILE.pt",
         help="evaluate a PyTorch checkpoint (state dict) instead of a run; needs --arch, "
-        "--eps and the torch extra (pip install 'jaxrobust[torch]')",
+        "--eps and the torch extra (pip install 'jaxrobust[torch]'); the report goes to "
+        "FILE_eval/ beside it unless --out",
     )
     p.add_argument(
         "--arch",
