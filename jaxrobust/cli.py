@@ -5,6 +5,8 @@
     jaxrobust eval RUN_DIR|zoo:NAME [--suite standard | --attacks apgd-ce fab-t ...] [--eps 0.1 0.3]
                    [--best | --step N] [--resume]
                    [--coordinator HOST:PORT --num-processes N --process-id I]
+    jaxrobust eval --from-torch FILE.pt --arch NAME --eps 0.031 [--dataset cifar10]
+                   [--mean M M M --std S S S] [--suite ... | --attacks ...] [--limit N]
     jaxrobust attack RUN_DIR [--eps 0.1] [--num 16] [--out DIR] [--best | --step N]
     jaxrobust certify RUN_DIR --method smoothing [--sigma S] [--n0 N0] [--n N] [--alpha A]
                       [--radii R ...] [--best | --step N] [--limit N] [--resume]
@@ -218,6 +220,8 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if _wants_from_torch(args):
+        return _eval_from_torch(args)
     _check_distributed_args(args)
     zoo_model = _zoo_eval_target(args)
     run_dir = _check_run_dir(args.run_dir)
@@ -348,6 +352,170 @@ def _zoo_eval_target(args: argparse.Namespace) -> Any:
     if args.out is None:
         args.out = str(Path("runs") / "zoo" / resolved.name / "eval")
     return resolved
+
+
+def _add_from_torch_args(p: argparse.ArgumentParser) -> None:
+    """`eval --from-torch FILE.pt --arch NAME`: a PyTorch checkpoint instead of a run."""
+    p.add_argument(
+        "--from-torch",
+        metavar="FILE.pt",
+        help="evaluate a PyTorch checkpoint (state dict) instead of a run; needs --arch, "
+        "--eps and the torch extra (pip install 'jaxrobust[torch]'); the report goes to "
+        "FILE_eval/ beside it unless --out",
+    )
+    p.add_argument(
+        "--arch",
+        help="with --from-torch: preact_resnet18, resnet18, resnet50, wrn-28-10, wrn-34-10, "
+        "wrn-70-16 (or wrn-DEPTH-WIDTH)",
+    )
+    p.add_argument(
+        "--dataset",
+        help="with --from-torch: a dataset of 32x32x3 images (default cifar10; shapes is offline)",
+    )
+    p.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        help="with --from-torch: input normalisation mean in [0, 1] units (default: the "
+        "checkpoint's normalizer, else none)",
+    )
+    p.add_argument("--std", type=float, nargs="+", help="with --from-torch: likewise the std")
+
+
+def _wants_from_torch(args: argparse.Namespace) -> bool:
+    """Whether `eval` reads a PyTorch checkpoint; refuses its options beside a RUN_DIR."""
+    if args.from_torch is not None or args.run_dir is None:
+        return True
+    for flag in ("arch", "dataset", "mean", "std"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag} applies to --from-torch only; a run knows its own")
+    return False
+
+
+def _check_from_torch_args(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Everything about `eval --from-torch` that can be checked before starting JAX."""
+    if args.from_torch is None:
+        raise ConfigError("give a RUN_DIR, or --from-torch FILE.pt --arch NAME")
+    if args.run_dir is not None:
+        raise ConfigError(f"give either RUN_DIR ({args.run_dir}) or --from-torch, not both")
+    for flag, given in (
+        ("--best", args.best),
+        ("--step", args.step is not None),
+        ("--coordinator", args.coordinator is not None),
+    ):
+        if given:
+            raise ConfigError(f"{flag} is for runs; it does not apply to --from-torch")
+    if args.arch is None:
+        from jaxrobust.models.from_torch import ARCHS
+
+        raise ConfigError(f"--from-torch needs --arch, one of: {', '.join(ARCHS)}")
+    from jaxrobust.models.from_torch import resolve_arch
+
+    resolve_arch(args.arch)
+    if not args.eps:
+        raise ConfigError("--from-torch needs --eps (a PyTorch checkpoint carries no ε)")
+    from jaxrobust.data import get_info
+    from jaxrobust.models.layers import check_stats
+
+    for flag, stat in (("--mean", args.mean), ("--std", args.std)):
+        if stat is not None and len(stat) not in (1, 3):
+            raise ConfigError(f"{flag} takes 1 or 3 values (one per channel), got {len(stat)}")
+        if stat is not None and not all(math.isfinite(v) for v in stat):
+            raise ConfigError(f"{flag} must be finite numbers, got {' '.join(map(str, stat))}")
+    check_stats(args.mean or 0.0, args.std or 1.0)
+    args.dataset = args.dataset or "cifar10"
+    info = get_info(args.dataset)
+    if tuple(info.image_shape) != (32, 32, 3):
+        shape = "x".join(map(str, info.image_shape))
+        raise ConfigError(
+            f"--dataset {args.dataset} has {shape} images; the PyTorch architectures take "
+            "32x32x3 (CIFAR-shaped) inputs: use cifar10, cifar100, svhn or shapes"
+        )
+    path = Path(args.from_torch)
+    if not path.is_file():
+        from jaxrobust.errors import CheckpointError
+
+        raise CheckpointError(f"no PyTorch checkpoint file at {path}")
+    out = Path(args.out) if args.out else path.parent / f"{path.stem}_eval"
+    _check_out(out, "--out")
+    return path, out
+
+
+def _eval_from_torch(args: argparse.Namespace) -> int:
+    """`jaxrobust eval --from-torch FILE.pt --arch NAME --eps ...`: convert, load, evaluate."""
+    path, out = _check_from_torch_args(args)
+    _check_eval_args(args)
+    from jaxrobust.models.from_torch import convert, load_torch_state_dict
+
+    sd = load_torch_state_dict(path)  # before JAX: a refused file answers at once
+    _start_jax()
+    import jax
+
+    from jaxrobust import report
+    from jaxrobust.attacks.cascade import evaluate
+    from jaxrobust.data import get_info, load_split
+    from jaxrobust.models import as_logits_fn
+
+    mean = None if args.mean is None else tuple(args.mean)
+    std = None if args.std is None else tuple(args.std)
+    model, variables = convert(sd, args.arch, mean=mean, std=std)
+    info = get_info(args.dataset)
+    if model.num_classes != info.num_classes:
+        raise ConfigError(
+            f"{path} has {model.num_classes} classes, --dataset {args.dataset} has "
+            f"{info.num_classes}"
+        )
+    x, y = load_split(args.dataset, args.split, limit=args.limit)
+    threat = args.threat or "linf"
+    attacked = [e for e in args.eps if e != 0]
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "eval_state.json"
+    if not args.resume:
+        state_file.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    result = evaluate(
+        as_logits_fn(model, variables),
+        x,
+        y,
+        jax.random.key(args.seed),
+        threat=threat,
+        eps=attacked,
+        attacks=args.attacks or args.suite,
+        batch_size=args.batch_size,
+        checks=not args.no_checks,
+        state_file=state_file,
+        progress=print,
+        progress_bar=sys.stderr.isatty(),
+    )
+    by_eps = dict(zip(result.eps, result.robust_accuracy, strict=True))
+    curve = [result.clean_accuracy if e == 0 else by_eps[e] for e in args.eps]
+    metrics = {
+        "from_torch": str(path),
+        "arch": args.arch,
+        "mean": model.mean,
+        "std": model.std,
+        "dataset": args.dataset,
+        "split": args.split,
+        "num_examples": len(y),
+        "threat": threat,
+        "suite": args.suite if not args.attacks else None,
+        "attacks": result.attacks,
+        "eps": list(args.eps),
+        "clean_accuracy": result.clean_accuracy,
+        "robust_accuracy": curve,
+        "eval_seconds": time.perf_counter() - t0,
+        "flags": [{"name": f.name, "message": f.message} for f in result.flags],
+        "per_example": "report.json / report.npz (EvalReport.load)",
+        "checks": result.checks,
+    }
+    report.write_json(out / "metrics.json", metrics)
+    result.save(out / "report")
+    for e, acc in zip(args.eps, curve, strict=True):
+        print(f"eps={e:g}: robust accuracy {acc:.4f}")
+    for flag in result.flags:
+        print(f"FLAG {flag.name}: {flag.message}")
+    print(f"clean accuracy {result.clean_accuracy:.4f} ({len(y)} examples); report in {out}")
+    return 0
 
 
 def _warn(message: str) -> None:
@@ -880,6 +1048,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument(
             "run_dir",
+            nargs="?" if name == "eval" else None,
             help="a directory written by `jaxrobust train`"
             + (", or zoo:NAME | zoo:PATH | zoo:URL (jaxrobust.zoo)" if name == "eval" else ""),
         )
@@ -915,6 +1084,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="go on from OUT/eval_state.json (finished (eps, attack) steps)",
             )
             _add_distributed_args(p, "evaluation")
+            _add_from_torch_args(p)
         else:
             p.add_argument("--steps", type=_positive_int, default=50)
             p.add_argument("--eps", type=_radius, help="default: the run's training ε")

@@ -37,6 +37,8 @@ SPECS = {
     "small_cnn": ({"channels": (8, 16), "dense": 32}, (8, 8, 1), 32),
     "madry_cnn": ({}, (8, 8, 1), 1024),
     "preact_resnet18": ({}, (32, 32, 3), 512),
+    "resnet18": ({"width": 8}, (8, 8, 3), 64),
+    "resnet50": ({"width": 4}, (8, 8, 3), 128),
     "wide_resnet": ({"depth": 10, "width": 1}, (32, 32, 3), 64),
 }
 
@@ -45,22 +47,34 @@ def _uniform(key, shape):
     return jax.random.uniform(key, shape, jnp.float32)
 
 
+class _Built(dict):
+    """Registered models, each built and initialised on first use (once for the module)."""
+
+    def __missing__(self, name):
+        kwargs, shape, dim = SPECS[name]
+        model = create_model(name, 10, **kwargs)
+        variables = init_model(model, jax.random.fold_in(KEY, list(SPECS).index(name)), shape)
+        self[name] = (model, variables, shape, dim)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def built():
-    """Every registered model, built and initialised once for the module."""
-    out = {}
-    for i, (name, (kwargs, shape, dim)) in enumerate(SPECS.items()):
-        model = create_model(name, 10, **kwargs)
-        variables = init_model(model, jax.random.fold_in(KEY, i), shape)
-        out[name] = (model, variables, shape, dim)
-    return out
+    return _Built()
+
+
+# Compiled and compared with PyTorch in tests/test_from_torch.py (marked torch); here their
+# logits/features shapes are traced without compiling (test_resnet_shapes_traced).
+_HEAVY = ("resnet18", "resnet50")
 
 
 def test_registry_covers_all_models():
     assert set(SPECS) == set(MODELS)
 
 
-@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _HEAVY else n for n in SPECS]
+)
 def test_model_logits_and_features(built, name):
     model, variables, shape, dim = built[name]
     x = _uniform(jax.random.key(1), (2, *shape))
@@ -76,7 +90,8 @@ def test_model_logits_and_features(built, name):
     np.testing.assert_allclose(logits_fn(x), logits, rtol=1e-5, atol=1e-5)
     # init_model keeps only the variable collections, never the sown intermediates.
     assert "intermediates" not in variables
-    assert ("batch_stats" in variables) == (name in ("preact_resnet18", "wide_resnet"))
+    resnets = ("preact_resnet18", "resnet18", "resnet50", "wide_resnet")
+    assert ("batch_stats" in variables) == (name in resnets)
 
 
 @pytest.mark.parametrize("name", ["mlp", "small_cnn", "madry_cnn"])
@@ -98,6 +113,20 @@ def test_resnets_any_input_size(shape):
         variables = jax.eval_shape(lambda x, m=model: m.init(KEY, x), x)
         logits = jax.eval_shape(lambda v, x, m=model: m.apply(v, x), variables, x)
         assert logits.shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", _HEAVY)
+def test_resnet_shapes_traced(name):
+    kwargs, shape, dim = SPECS[name]
+    model = create_model(name, 10, **kwargs)
+    x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(KEY, x), x)
+    assert set(variables) == {"params", "batch_stats"}
+    feats = jax.eval_shape(lambda v, x: as_features_fn(model, v)(x), variables, x)
+    assert feats["logits"].shape == (2, 10) and feats["features"].shape == (2, dim)
+    # Stage widths: `width` doubles per stage; bottlenecks expand the output 4x.
+    expansion = 4 if name == "resnet50" else 1
+    assert feats["stage4"].shape[-1] == 8 * kwargs["width"] * expansion
 
 
 def test_madry_cnn_mnist_shapes():

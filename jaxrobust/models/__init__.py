@@ -10,17 +10,23 @@ from jaxrobust.models.madry_cnn import MadryCNN, SmallCNN
 from jaxrobust.models.mlp import MLP
 from jaxrobust.models.preact_resnet import PreActBlock, PreActResNet, PreActResNet18
 from jaxrobust.models.registry import MODELS, create_model, init_model, model_kwargs
+from jaxrobust.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
 from jaxrobust.models.wide_resnet import WideBlock, WideResNet
 
 __all__ = [
     "MLP",
     "MODELS",
+    "BasicBlock",
+    "Bottleneck",
     "FeaturesFn",
     "LogitsFn",
     "MadryCNN",
     "PreActBlock",
     "PreActResNet",
     "PreActResNet18",
+    "ResNet",
+    "ResNet18",
+    "ResNet50",
     "SmallCNN",
     "WideBlock",
     "WideResNet",

@@ -51,17 +51,23 @@ def _conv3x3(features: int, stride: int, name: str) -> Conv:
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3 + shortcut; (B, H, W, Cin) -> (B, H/s, W/s, C)."""
+    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3 + shortcut; (B, H, W, Cin) -> (B, H/s, W/s, C).
+
+    `activated_shortcut`: the 1x1 projection shortcut sees the block's pre-activated input
+    (True: Wong et al., Rice et al., RobustBench `PreActBlockV2`) or its raw input (False:
+    RobustBench `PreActBlock`).
+    """
 
     features: int
     stride: int = 1
+    activated_shortcut: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         out = nn.relu(_batch_norm(train, "bn1")(x))
         if self.stride != 1 or x.shape[-1] != self.features:
-            # The projection sees the pre-activated input, as in the reference code.
-            shortcut = _shortcut(self.features, self.stride)(out)
+            # By default the projection sees the pre-activated input, as in Rice et al.'s code.
+            shortcut = _shortcut(self.features, self.stride)(out if self.activated_shortcut else x)
         else:
             shortcut = x
         out = _conv3x3(self.features, self.stride, "conv1")(out)
@@ -82,6 +88,8 @@ class PreActResNet(nn.Module):
     width: int = 64
     mean: Stat = 0.0
     std: Stat = 1.0
+    final_bn: bool = True
+    activated_shortcut: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -91,9 +99,12 @@ class PreActResNet(nn.Module):
             features = self.width * 2**s
             for b in range(n):
                 stride = 2 if (s > 0 and b == 0) else 1
-                h = PreActBlock(features, stride, name=f"layer{s + 1}_{b}")(h, train)
+                h = PreActBlock(
+                    features, stride, self.activated_shortcut, name=f"layer{s + 1}_{b}"
+                )(h, train)
             self.sow("intermediates", f"stage{s + 1}", h)
-        h = nn.relu(_batch_norm(train, "bn")(h))
+        if self.final_bn:
+            h = nn.relu(_batch_norm(train, "bn")(h))
         h = jnp.mean(h, axis=(1, 2))  # global average pool: any spatial size
         self.sow("intermediates", "features", h)
         return nn.Dense(self.num_classes, name="linear")(h)
