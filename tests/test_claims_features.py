@@ -266,8 +266,12 @@ def _run(r: dict, name: str) -> dict:
 
 
 def _pgd_full(r: dict) -> list[dict]:
-    """The PGD-AT runs trained to the end, by accuracy on `test`."""
-    runs = [v for k, v in r["runs"].items() if k.startswith("pgdat")]
+    """The `small_cnn` PGD-AT runs trained to the end, by accuracy on `test`."""
+    runs = [
+        v
+        for k, v in r["runs"].items()
+        if k.startswith("pgdat") and v["config"]["model"] == "small_cnn"
+    ]
     return sorted(runs, key=lambda v: v["accuracy"]["test"])
 
 
