@@ -266,8 +266,12 @@ def _run(r: dict, name: str) -> dict:
 
 
 def _pgd_full(r: dict) -> list[dict]:
-    """The PGD-AT runs trained to the end, by accuracy on `test`."""
-    runs = [v for k, v in r["runs"].items() if k.startswith("pgdat")]
+    """The `small_cnn` PGD-AT runs trained to the end, by accuracy on `test`."""
+    runs = [
+        v
+        for k, v in r["runs"].items()
+        if k.startswith("pgdat") and v["config"]["model"] == "small_cnn"
+    ]
     return sorted(runs, key=lambda v: v["accuracy"]["test"])
 
 
@@ -339,6 +343,56 @@ SHAPES_CLAIMS: dict[str, tuple[str, Callable[[dict], tuple], Callable[[dict], bo
                 v["largest_class_count"] >= 0.95 * v["num_checked"]
                 for v in r["pgd_at_stopped_early"].values()
             )
+        ),
+    ),
+    "pgd_at_bncnn": (
+        "PGD-AT at ℓ2 ε = 1.0 does not collapse: {} / {} / {} on `test` / `test_clean` / "
+        "`test_shuffled`, a {}-point change (SE {}), so the issue's bar for a PGD-trained model "
+        "(< 5 points) is met; under ℓ2 PGD-10 at ε = 1.0 it keeps {} ± {} ({} test images; "
+        "{} s of training)",
+        lambda r: (
+            *_acc3(_run(r, "pgdat1_bncnn8_n5k_norm1.0")),
+            f"{_run(r, 'pgdat1_bncnn8_n5k_norm1.0')['reliance_drop_pp']:.1f}",
+            f"{_run(r, 'pgdat1_bncnn8_n5k_norm1.0')['reliance_drop_se_pp_unpaired']:.1f}",
+            _pct(_run(r, "pgdat1_bncnn8_n5k_norm1.0")["robust_accuracy_test"]),
+            f"{100 * _run(r, 'pgdat1_bncnn8_n5k_norm1.0')['robust_se']:.1f}",
+            _run(r, "pgdat1_bncnn8_n5k_norm1.0")["num_examples"]["test"],
+            f"{_run(r, 'pgdat1_bncnn8_n5k_norm1.0')['train_seconds']:.0f}",
+        ),
+        # the issue's bar (< 5 points) on a model well above chance, with the stated recipe
+        lambda r: (
+            abs(_run(r, "pgdat1_bncnn8_n5k_norm1.0")["reliance_drop_pp"]) < 5
+            and _run(r, "pgdat1_bncnn8_n5k_norm1.0")["accuracy"]["test_clean"] > 0.3
+            and _run(r, "pgdat1_bncnn8_n5k_norm1.0")["config"]["objective"] == "pgd_at"
+            and _run(r, "pgdat1_bncnn8_n5k_norm1.0")["config"]["model"] == "bn_cnn"
+            and _run(r, "pgdat1_bncnn8_n5k_norm1.0")["config"]["train_eps"] == 1.0
+            and _run(r, "pgdat1_bncnn8_n5k_norm1.0")["num_train"] == 5000
+        ),
+    ),
+    "pgd_at_bncnn_2k": (
+        "on 2000 images with PGD-2 (batch 64, Adam 3e-3, ε warm-up over 3 of 10 epochs) it still "
+        "collapsed ({} on `test`)",
+        lambda r: (_pct(_run(r, "pgdat_bncnn8_n2k_norm1.0")["accuracy"]["test"]),),
+        lambda r: (
+            max(_run(r, "pgdat_bncnn8_n2k_norm1.0")["accuracy"].values()) <= 0.12
+            and _run(r, "pgdat_bncnn8_n2k_norm1.0")["num_train"] == 2000
+        ),
+    ),
+    "standard_bncnn": (
+        "Trained with `objective=standard` (no adversary, otherwise the same recipe) it relies on "
+        "the pattern: {} / {} / {}, a {}-point drop, and keeps {} under the same attack ({} s of "
+        "training)",
+        lambda r: (
+            *_acc3(_run(r, "std_bncnn8_n5k_norm1.0")),
+            f"{_run(r, 'std_bncnn8_n5k_norm1.0')['reliance_drop_pp']:.1f}",
+            _pct(_run(r, "std_bncnn8_n5k_norm1.0")["robust_accuracy_test"]),
+            f"{_run(r, 'std_bncnn8_n5k_norm1.0')['train_seconds']:.0f}",
+        ),
+        # the issue's bar for the standard model: a drop of >= 20 points
+        lambda r: (
+            _run(r, "std_bncnn8_n5k_norm1.0")["reliance_drop_pp"] >= 20
+            and _run(r, "std_bncnn8_n5k_norm1.0")["config"]["objective"] == "standard"
+            and _run(r, "std_bncnn8_n5k_norm1.0")["config"]["model"] == "bn_cnn"
         ),
     ),
 }

@@ -134,7 +134,7 @@ _VALID_NAMES = {
     "smooth_adv",
     *("linf", "l2", "l1", "adam", "adamw", "sgd", "constant", "piecewise", "cosine", "cyclic"),
     *("validation_robust_accuracy", "validation_clean_accuracy", ""),
-    *("mlp", "small_cnn", "madry_cnn", "preact_resnet18", "wide_resnet"),
+    *("mlp", "small_cnn", "madry_cnn", "bn_cnn", "preact_resnet18", "wide_resnet"),
 }
 
 

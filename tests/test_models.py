@@ -36,6 +36,7 @@ SPECS = {
     "mlp": ({"hidden": (32, 16)}, (8, 8, 1), 16),
     "small_cnn": ({"channels": (8, 16), "dense": 32}, (8, 8, 1), 32),
     "madry_cnn": ({}, (8, 8, 1), 1024),
+    "bn_cnn": ({"channels": (4, 8)}, (8, 8, 1), 8),
     "preact_resnet18": ({}, (32, 32, 3), 512),
     "resnet18": ({"width": 8}, (8, 8, 3), 64),
     "resnet50": ({"width": 4}, (8, 8, 3), 128),
@@ -90,8 +91,8 @@ def test_model_logits_and_features(built, name):
     np.testing.assert_allclose(logits_fn(x), logits, rtol=1e-5, atol=1e-5)
     # init_model keeps only the variable collections, never the sown intermediates.
     assert "intermediates" not in variables
-    resnets = ("preact_resnet18", "resnet18", "resnet50", "wide_resnet")
-    assert ("batch_stats" in variables) == (name in resnets)
+    with_bn = ("bn_cnn", "preact_resnet18", "resnet18", "resnet50", "wide_resnet")
+    assert ("batch_stats" in variables) == (name in with_bn)
 
 
 @pytest.mark.parametrize("name", ["mlp", "small_cnn", "madry_cnn"])

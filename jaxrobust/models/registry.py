@@ -13,7 +13,7 @@ from jax import Array
 
 from jaxrobust.errors import ConfigError
 from jaxrobust.models.layers import Stat, check_stats
-from jaxrobust.models.madry_cnn import MadryCNN, SmallCNN
+from jaxrobust.models.madry_cnn import BNCNN, MadryCNN, SmallCNN
 from jaxrobust.models.mlp import MLP
 from jaxrobust.models.preact_resnet import PreActResNet18
 from jaxrobust.models.resnet import ResNet18, ResNet50
@@ -23,6 +23,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "small_cnn": SmallCNN,
     "madry_cnn": MadryCNN,
+    "bn_cnn": BNCNN,
     "preact_resnet18": PreActResNet18,
     "resnet18": ResNet18,
     "resnet50": ResNet50,
@@ -74,8 +75,8 @@ def create_model(
     """Build a registered linen model.
 
     Args:
-      name: one of `MODELS` ("mlp", "small_cnn", "madry_cnn", "preact_resnet18", "resnet18",
-        "resnet50", "wide_resnet").
+      name: one of `MODELS` ("mlp", "small_cnn", "madry_cnn", "bn_cnn", "preact_resnet18",
+        "resnet18", "resnet50", "wide_resnet").
       num_classes: size of the logits.
       mean: in-model input normalisation mean, a number or one value per channel.
       std: in-model input normalisation std, a number or one value per channel.
