@@ -53,8 +53,7 @@ SETTINGS = {
             "eps_train": 0.5,
             "n_invert": 360,
             # Many small normalised steps, as Engstrom et al. 2019 invert (here 0.05, about
-            # 1.3% of a test digit's l2 norm, decaying to 0). With 200 steps of 0.5 both
-            # models' inversions ran to the box's corners.
+            # 1.3% of a test digit's l2 norm, decaying to 0), instead of 200 steps of 0.5.
             "invert_steps": 1000,
             "invert_step_size": 0.05,
             "n_pairs": 6,
