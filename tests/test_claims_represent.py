@@ -41,6 +41,13 @@ def _z(e: dict) -> str:
     return f"{-e['value'] / e['se']:.1f}"
 
 
+def _count(e: dict) -> tuple:
+    """A proportion as (percent, successes, n, where it is against 95%, SE in points)."""
+    k = round(e["value"] * e["n"])
+    where = "exactly" if 100 * k == 95 * e["n"] else ("above" if e["value"] > 0.95 else "below")
+    return _pct(e), k, e["n"], where, f"{100 * e['se']:.1f}"
+
+
 def _yes(flag: bool) -> str:
     return "met" if flag else "not met"
 
@@ -89,6 +96,16 @@ CLAIMS: dict[str, tuple[str, Callable[[dict], tuple]]] = {
                 ]
             ),
         ),
+    ),
+    "inversion_budget": (
+        "{} normalised ℓ2 steps of {} decaying to 0",
+        lambda r: tuple(
+            f"{r['representations']['settings'][k]:g}" for k in ("invert_steps", "invert_step_size")
+        ),
+    ),
+    "inversion_count": (
+        "The robust {} is {} of {}, {} the bar (SE {} points)",
+        lambda r: _count(r["representations"]["inversion"]["robust"]["judged_as_source_class"]),
     ),
     "inpainting": (
         "masked-region MSE: robust {}, standard {}, per-pixel training-mean fill {} "
@@ -196,3 +213,13 @@ def test_a_perturbed_result_breaks_the_claims():
     bad = copy.deepcopy(r)
     bad["synthesis"]["inpainting"]["mean_fill"]["value"] += 0.01
     assert _fragment("inpainting", bad) not in readme
+
+
+def test_one_fewer_judged_inversion_breaks_the_count():
+    r = _load()
+    bad = copy.deepcopy(r)
+    e = bad["representations"]["inversion"]["robust"]["judged_as_source_class"]
+    e["value"] -= 1 / e["n"]
+    assert _fragment("inversion_count", bad) not in _readme()
+    # The flag says met; the numbers now say not met.
+    assert not _acceptance_consistent(bad)
