@@ -46,3 +46,31 @@ def test_cifar10_offline_stops_with_the_library_message(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert "cifar10" in err and "offline" in err.lower()
     assert not (tmp_path / "out" / "work").exists()  # nothing trained
+
+
+def test_bad_classes_stop_before_any_training(tmp_path, capsys):
+    args = ["experiment", "nonrobust_features", "--smoke", "--out", str(tmp_path / "out")]
+    assert main([*args, "--classes", "3,3"]) != 0
+    assert "at least 2 distinct class indices" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the experiment's own argument parser
+        main([*args, "--classes", "5,x"])
+    assert exit_.value.code == 2 and "separated by commas" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_nonrobust_features_smoke_on_two_classes(tmp_path):
+    """`--classes 5,3` (the talk's dog-vs-cat form, here on digits): every dataset and
+    model has 2 classes, D_det flips every label, the test set is the subset's."""
+    args = ["experiment", "nonrobust_features", "--smoke", "--classes", "5,3"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    d = json.loads((tmp_path / "digits_classes5-3_smoke.json").read_text())
+    assert d["settings"]["classes"] == [5, 3] and d["settings"]["dataset"] == "digits"
+    y_test = load_split(d["settings"]["subset"], "test")[1]
+    assert set(np.unique(y_test).tolist()) == {0, 1}
+    assert d["d_r"]["clean_accuracy"]["n"] == min(64, len(y_test))
+    work = tmp_path / "work" / "digits_classes5-3_smoke"
+    y = load_split(d["settings"]["subset"], "train", limit=64)[1]
+    det = load_split(f"derived:{work / 'd_det'}", "train")[1]
+    np.testing.assert_array_equal(det, 1 - y)
+    assert d["label_checks"]["d_det"]["agreement_count"] == 0
