@@ -233,7 +233,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import jax
 
     from jaxrobust import report
-    from jaxrobust.attacks.cascade import evaluate
     from jaxrobust.parallel import is_primary, sync_processes
     from jaxrobust.train.loop import best_checkpoint_metric, restore_run
 
@@ -260,26 +259,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             state_file.unlink(missing_ok=True)
     sync_processes("jaxrobust-eval-state")
     t0 = time.perf_counter()
-    try:
-        result = evaluate(
-            state.logits_fn(),
-            x,
-            y,
-            jax.random.key(args.seed),
-            threat=threat,
-            eps=attacked,
-            attacks=args.attacks or args.suite,
-            batch_size=args.batch_size,
-            checks=not args.no_checks,
-            state_file=state_file,
-            progress=print,  # evaluate reports from process 0 only
-            progress_bar=primary and sys.stderr.isatty(),
-        )
-    except KeyboardInterrupt:
-        kept = "the finished (eps, attack) steps are" if state_file.is_file() else "nothing is"
-        raise _Interrupted(
-            f"{kept} kept in {state_file}: run the same command with --resume to go on"
-        ) from None
+    result = _evaluate_resumably(
+        state.logits_fn(), x, y, args, threat, attacked, state_file, primary
+    )
     by_eps = dict(zip(result.eps, result.robust_accuracy, strict=True))
     curve = [result.clean_accuracy if e == 0 else by_eps[e] for e in eps_list]
     per_attack = {
@@ -336,6 +318,44 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         ):
             print(line)
     return 0
+
+
+def _evaluate_resumably(
+    logits_fn: Any,
+    x: Any,
+    y: Any,
+    args: argparse.Namespace,
+    threat: str,
+    attacked: list[float],
+    state_file: Path,
+    primary: bool,
+) -> Any:
+    """`evaluate` with the command's attack options, recording finished (eps, attack) steps
+    in `state_file`; Ctrl-C says where they are kept and how to go on (--resume)."""
+    import jax  # after _start_jax (device settings)
+
+    from jaxrobust.attacks.cascade import evaluate
+
+    try:
+        return evaluate(
+            logits_fn,
+            x,
+            y,
+            jax.random.key(args.seed),
+            threat=threat,
+            eps=attacked,
+            attacks=args.attacks or args.suite,
+            batch_size=args.batch_size,
+            checks=not args.no_checks,
+            state_file=state_file,
+            progress=print,  # evaluate reports from process 0 only
+            progress_bar=primary and sys.stderr.isatty(),
+        )
+    except KeyboardInterrupt:
+        kept = "the finished (eps, attack) steps are" if state_file.is_file() else "nothing is"
+        raise _Interrupted(
+            f"{kept} kept in {state_file}: run the same command with --resume to go on"
+        ) from None
 
 
 def _zoo_eval_target(args: argparse.Namespace) -> Any:
@@ -449,10 +469,8 @@ def _eval_from_torch(args: argparse.Namespace) -> int:
 
     sd = load_torch_state_dict(path)  # before JAX: a refused file answers at once
     _start_jax()
-    import jax
 
     from jaxrobust import report
-    from jaxrobust.attacks.cascade import evaluate
     from jaxrobust.data import get_info, load_split
     from jaxrobust.models import as_logits_fn
 
@@ -473,19 +491,8 @@ def _eval_from_torch(args: argparse.Namespace) -> int:
     if not args.resume:
         state_file.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    result = evaluate(
-        as_logits_fn(model, variables),
-        x,
-        y,
-        jax.random.key(args.seed),
-        threat=threat,
-        eps=attacked,
-        attacks=args.attacks or args.suite,
-        batch_size=args.batch_size,
-        checks=not args.no_checks,
-        state_file=state_file,
-        progress=print,
-        progress_bar=sys.stderr.isatty(),
+    result = _evaluate_resumably(
+        as_logits_fn(model, variables), x, y, args, threat, attacked, state_file, True
     )
     by_eps = dict(zip(result.eps, result.robust_accuracy, strict=True))
     curve = [result.clean_accuracy if e == 0 else by_eps[e] for e in args.eps]
