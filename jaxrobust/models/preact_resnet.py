@@ -23,8 +23,8 @@ def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
-def _shortcut(features: int, stride: int) -> Conv:
-    """The 1×1 projection shortcut of a pre-activation block (applied to its activated input)."""
+def _conv1x1(features: int, stride: int, name: str) -> Conv:
+    """A bias-free 1×1 convolution (projection shortcuts, bottleneck blocks)."""
     return Conv(
         features,
         (1, 1),
@@ -32,8 +32,13 @@ def _shortcut(features: int, stride: int) -> Conv:
         padding="VALID",
         use_bias=False,
         kernel_init=conv_init,
-        name="shortcut",
+        name=name,
     )
+
+
+def _shortcut(features: int, stride: int) -> Conv:
+    """The 1×1 projection shortcut of a pre-activation block (applied to its activated input)."""
+    return _conv1x1(features, stride, "shortcut")
 
 
 def _conv3x3(features: int, stride: int, name: str) -> Conv:

@@ -19,20 +19,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
-from jaxrobust.models.layers import Conv, Stat, normalize
-from jaxrobust.models.preact_resnet import _batch_norm, _conv3x3, conv_init
-
-
-def _conv1x1(features: int, stride: int, name: str) -> Conv:
-    return Conv(
-        features,
-        (1, 1),
-        strides=(stride, stride),
-        padding="VALID",
-        use_bias=False,
-        kernel_init=conv_init,
-        name=name,
-    )
+from jaxrobust.models.layers import Stat, normalize
+from jaxrobust.models.preact_resnet import _batch_norm, _conv1x1, _conv3x3
 
 
 def _projection(x: Array, features: int, stride: int, train: bool) -> Array:
