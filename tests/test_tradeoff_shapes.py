@@ -37,7 +37,10 @@ def test_run_configs_are_valid_and_say_what_they_train(planted, eps):
         assert c.objective == "standard" and c.eps == 0.0
     else:
         assert c.objective == cfg["objective"] and c.eps == eps
-        assert c.adversary.step_size == pytest.approx(2.5 * eps / cfg["adversary_steps"])
+        assert c.adversary.step_size == pytest.approx(
+            cfg["step_factor"] * eps / cfg["adversary_steps"]
+        )
+        assert c.model.name == cfg["model"]
         assert c.adversary.eps_warmup_epochs == cfg["eps_warmup_epochs"]
 
 
