@@ -15,6 +15,7 @@ from jaxrobust.errors import ConfigError, InputError
 from jaxrobust.models import (
     MODELS,
     PreActResNet18,
+    ResNet,
     SmallCNN,
     WideResNet,
     as_features_fn,
@@ -415,6 +416,9 @@ def test_create_model_errors():
         create_model("mlp", 10, std=0.0)
     with pytest.raises(ConfigError, match="num_classes"):
         create_model("mlp", 0)
+    # A module built directly (not through the registry) names the bad block the same way.
+    with pytest.raises(ConfigError, match="'basic' or 'bottleneck', got 'wide'"):
+        ResNet(block="wide").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
 
 
 def test_create_model_kwargs_and_lists():

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
+from jaxrobust.errors import ConfigError
 from jaxrobust.models.layers import Stat, normalize
 from jaxrobust.models.preact_resnet import _batch_norm, _conv1x1, _conv3x3
 
@@ -84,7 +85,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         if self.block not in ("basic", "bottleneck"):
-            raise ValueError(f"ResNet block must be 'basic' or 'bottleneck', got {self.block!r}")
+            raise ConfigError(f"ResNet block must be 'basic' or 'bottleneck', got {self.block!r}")
         h = normalize(x, self.mean, self.std)
         h = nn.relu(_batch_norm(train, "bn1")(_conv3x3(self.width, 1, "conv1")(h)))
         for s, n in enumerate(self.num_blocks):
