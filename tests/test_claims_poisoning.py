@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from claims_helpers import perturb_numbers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "poisoning" / "digits.json"
@@ -152,3 +153,77 @@ def test_a_perturbed_result_fails(path, value):
     node[path[-1]] = value
     assert acceptance(r) != [] or fragments(r) != before
     assert acceptance(r) != []
+
+
+# --- shapes: the README paragraph "On `shapes` ..." -------------------------------------------
+
+SHAPES = ROOT / "experiments" / "results" / "poisoning" / "shapes.json"
+
+
+def shapes_fragments(r: dict) -> list[str]:
+    """The shapes paragraph's numbers, formatted from the JSON as the README prints them."""
+    b, s, t = r["backdoor"], r["spectral"], r["targeted"]
+    lc, rounds = b["label_consistent"], s["rounds"]
+    left = [b["count"] - v for v in rounds[0]["removed_poison"]]
+    seconds = r["seconds"]
+    return [
+        f"all {b['train_size']} training and {r['settings']['test_size']} test images",
+        f"Dirty label ({b['count']} of {b['train_size']} training images)",
+        f"attack success {_pse(b['attack_success'])} with clean accuracy "
+        f"{_pse(b['clean_accuracy'])} against {_pse(b['clean_model_accuracy'])}",
+        f"Label-consistent ({lc['count']} target-class images): trigger only "
+        f"{_pse(lc['trigger_only']['attack_success'])}, standard source "
+        f"{_pse(lc['standard_source']['attack_success'])}, robust source "
+        f"{_pse(lc['robust_source']['attack_success'])}",
+        f"round 1 recall {_p(rounds[0]['recall'])}, precision {_p(rounds[0]['precision'])}",
+        f"attack success is {_pse(s['attack_success_after'])} (per seed "
+        + ", ".join(f"{100 * v:.1f}%" for v in s["attack_success_after"]["per_seed"]),
+        f"one seed kept {max(left)} poisons) with clean accuracy {_pse(s['clean_accuracy_after'])}",
+        f"sends {_pse(b['clean_model_attack_success'])} of triggered images",
+        f"({_p(t['success'])} of {t['targets']} targets with "
+        f"{max(int(k) for k in t['by_poisons'])} poisons, control "
+        f"{_p(t['by_poisons'][str(max(int(k) for k in t['by_poisons']))]['control_success'])})",
+        f"The run took {r['wall_time_s'] / 60:.1f} minutes",
+        f"took {(seconds['feature_collision'] + seconds['datasets_and_loop']) / 60:.0f} of them",
+    ]
+
+
+def shapes_verdicts(r: dict) -> dict[str, bool]:
+    """The bars the paragraph says are met (True) and not met (False) on shapes."""
+    b, s = r["backdoor"], r["spectral"]
+    lc = b["label_consistent"]
+    clean = b["clean_model_accuracy"]["value"]
+    return {
+        "dirty label >= 95%, clean within 2 pp": b["attack_success"]["value"] >= 0.95
+        and clean - b["clean_accuracy"]["value"] <= 0.02,
+        "recall >= 95%": s["recall"]["value"] >= 0.95,
+        "LC above trigger only": _above(
+            lc["robust_source"]["attack_success"], lc["trigger_only"]["attack_success"]
+        ),
+        "success after removal < 5%": s["attack_success_after"]["value"] < 0.05,
+        "trigger only saturates": lc["trigger_only"]["attack_success"]["value"] >= 0.99,
+        "under 20 minutes": r["wall_time_s"] < 20 * 60,
+    }
+
+
+def test_shapes_run_is_full_size_from_committed_code_and_the_verdicts_hold():
+    r = json.loads(SHAPES.read_text())
+    assert r["smoke"] is False and r["settings"]["dataset"] == "shapes"
+    assert r["settings"]["train_size"] == 20000 and r["settings"]["dataset_kwargs"] == {}
+    assert r["git_commit"] and not r["git_commit"].endswith("+dirty")
+    assert shapes_verdicts(r) == {
+        "dirty label >= 95%, clean within 2 pp": True,
+        "recall >= 95%": True,
+        "LC above trigger only": False,
+        "success after removal < 5%": False,
+        "trigger only saturates": True,
+        "under 20 minutes": False,
+    }
+
+
+def test_readme_prints_the_shapes_numbers_and_they_move_with_the_json():
+    r = json.loads(SHAPES.read_text())
+    text = _readme()
+    assert [f for f in shapes_fragments(r) if f not in text] == []
+    moved = shapes_fragments(perturb_numbers(r))
+    assert all(f not in text for f in moved)
