@@ -428,3 +428,41 @@ def test_readme_claim_holds(source, name):
 def test_readme_claim_fails_on_other_numbers(source, name):
     """Scale every number of the JSON by 0.9 (or flip exact ones): the claim must stop holding."""
     assert not _holds(source, name, perturb_numbers(_results(source)))
+
+
+# --- the README's table of the digits experiment ----------------------------------------------
+
+
+def table_rows(r: dict) -> list[str]:
+    """The table's rows as the README prints them, from experiments/results/nonrobust_features/
+    digits.json: the two source models, then a fresh standard model per built dataset."""
+    fresh = "fresh MLP 512-512, standard"
+    inj = r["injective"]
+    rows = [
+        ("original", "PGD-AT source (MLP 512-32, ℓ∞ ε = 0.1)", r["sources"]["robust"]),
+        ("original", "standard source (MLP 512-32)", r["sources"]["standard"]),
+        ("D_rand (standard source)", fresh, r["d_rand"]),
+        ("D_det (standard source)", fresh, r["d_det"]),
+        ("D_R (PGD-AT source)", fresh, r["d_r"]),
+        ("D_NR (standard source)", fresh, r["d_nr"]),
+        ("D_R (512-512 PGD-AT source)", fresh, inj["d_r"]),
+        ("D_NR (512-512 standard source)", fresh, inj["d_nr"]),
+    ]
+    return [
+        f"| {a} | {b} | {_pse(m['clean_accuracy'])} | {_pse(m['robust_accuracy'])} |"
+        for a, b, m in rows
+    ]
+
+
+def test_readme_table_of_the_digits_experiment():
+    r = _results("experiment")
+    readme = (ROOT / "README.md").read_text()
+    assert r["settings"]["eps"] == 0.1 and r["injective"]["hidden"] == [512, 512]
+    assert r["sources"]["robust"]["objective"] == "pgd_at"
+    assert all(
+        m["robust_accuracy"]["how"].startswith("linf PGD eps 0.1, 50 steps, 5 restarts")
+        for m in (r["d_rand"], r["d_det"], r["d_r"], r["d_nr"])
+    )
+    assert f"Digits, on the original test set (n = {r['d_r']['clean_accuracy']['n']};" in readme
+    assert [row for row in table_rows(r) if row not in readme] == []
+    assert all(row not in readme for row in table_rows(perturb_numbers(r)))
