@@ -30,6 +30,28 @@ from jaxrobust.train import pgd_at, standard
 Array = jax.Array
 DATASETS = ("digits", "shapes")
 MODELS = ("standard", "robust")
+# Training of both models, shared by representations.py and synthesis.py (full and smoke).
+TRAIN_FULL = {"steps": 2000, "batch": 64, "lr": 2e-3, "pgd_steps": 7, "eval_steps": 20,
+              "eval_restarts": 5}  # fmt: skip
+TRAIN_SMOKE = {"steps": 60, "batch": 32, "lr": 3e-3, "pgd_steps": 2, "eval_steps": 3,
+               "eval_restarts": 1}  # fmt: skip
+# On shapes: 1000 training steps on 5000 generated images keep a full run near 10 minutes
+# on the shared 2-core CPU; the smoke size reads 256 / 64 records.
+TRAIN_SHAPES_FULL = {
+    **TRAIN_FULL,
+    "steps": 1000,
+    "lr": 1e-3,
+    "eval_restarts": 1,
+    "shapes_kwargs": {"num_train": 5000, "num_test": 1000},
+    "hidden": [256, 32],
+    "eps_train": 1.0,
+}
+TRAIN_SHAPES_SMOKE = {
+    **TRAIN_SMOKE,
+    "shapes_kwargs": {"num_train": 256, "num_test": 64},
+    "hidden": [64, 16],
+    "eps_train": 0.5,
+}
 
 
 def load_data(dataset: str, smoke: bool, sizes: dict) -> dict[str, Any]:

@@ -42,14 +42,10 @@ import numpy as np
 import jaxrobust.represent as R
 
 NAME = "representations"
-_TRAIN_FULL = {"steps": 2000, "batch": 64, "lr": 2e-3, "pgd_steps": 7, "eval_steps": 20,
-               "eval_restarts": 5}  # fmt: skip
-_TRAIN_SMOKE = {"steps": 60, "batch": 32, "lr": 3e-3, "pgd_steps": 2, "eval_steps": 3,
-                "eval_restarts": 1}  # fmt: skip
 SETTINGS = {
     "digits": {
         "full": {
-            **_TRAIN_FULL,
+            **RC.TRAIN_FULL,
             "hidden": [256, 32],
             "eps_train": 0.5,
             "n_invert": 360,
@@ -67,7 +63,7 @@ SETTINGS = {
             "n_saliency": 360,
         },
         "smoke": {
-            **_TRAIN_SMOKE,
+            **RC.TRAIN_SMOKE,
             "hidden": [32, 16],
             "eps_train": 0.5,
             "n_invert": 20,
@@ -89,13 +85,7 @@ SETTINGS = {
         # the same relative length); 1000 training steps on 5000 generated images and 100
         # inversions keep a full run near 10 minutes on the shared 2-core CPU.
         "full": {
-            **_TRAIN_FULL,
-            "steps": 1000,
-            "lr": 1e-3,
-            "eval_restarts": 1,
-            "shapes_kwargs": {"num_train": 5000, "num_test": 1000},
-            "hidden": [256, 32],
-            "eps_train": 1.0,
+            **RC.TRAIN_SHAPES_FULL,
             "n_invert": 100,
             "invert_steps": 1000,
             "invert_step_size": 0.35,
@@ -110,10 +100,7 @@ SETTINGS = {
             "n_saliency": 1000,
         },
         "smoke": {
-            **_TRAIN_SMOKE,
-            "shapes_kwargs": {"num_train": 256, "num_test": 64},
-            "hidden": [64, 16],
-            "eps_train": 0.5,
+            **RC.TRAIN_SHAPES_SMOKE,
             "n_invert": 10,
             "invert_steps": 10,
             "invert_step_size": 1.0,

@@ -43,14 +43,10 @@ import numpy as np
 import jaxrobust.represent as R
 
 NAME = "synthesis"
-_TRAIN_FULL = {"steps": 2000, "batch": 64, "lr": 2e-3, "pgd_steps": 7, "eval_steps": 20,
-               "eval_restarts": 5}  # fmt: skip
-_TRAIN_SMOKE = {"steps": 60, "batch": 32, "lr": 3e-3, "pgd_steps": 2, "eval_steps": 3,
-                "eval_restarts": 1}  # fmt: skip
 SETTINGS = {
     "digits": {
         "full": {
-            **_TRAIN_FULL,
+            **RC.TRAIN_FULL,
             "hidden": [256, 32],
             "eps_train": 0.5,
             "gauss_factor": 1,
@@ -75,7 +71,7 @@ SETTINGS = {
             "step_size": 0.1,
         },
         "smoke": {
-            **_TRAIN_SMOKE,
+            **RC.TRAIN_SMOKE,
             "hidden": [32, 16],
             "eps_train": 0.5,
             "gauss_factor": 1,
@@ -106,13 +102,7 @@ SETTINGS = {
         # square (a quarter of the image, as digits' 4x4) is inpainted; 1000 training steps
         # on 5000 generated images keep a full run near 10 minutes on the shared 2-core CPU.
         "full": {
-            **_TRAIN_FULL,
-            "steps": 1000,
-            "lr": 1e-3,
-            "eval_restarts": 1,
-            "shapes_kwargs": {"num_train": 5000, "num_test": 1000},
-            "hidden": [256, 32],
-            "eps_train": 1.0,
+            **RC.TRAIN_SHAPES_FULL,
             "gauss_factor": 4,
             "gen_per_class": 10,
             "gen_steps": 40,
@@ -135,10 +125,7 @@ SETTINGS = {
             "step_size": 0.7,
         },
         "smoke": {
-            **_TRAIN_SMOKE,
-            "shapes_kwargs": {"num_train": 256, "num_test": 64},
-            "hidden": [64, 16],
-            "eps_train": 0.5,
+            **RC.TRAIN_SHAPES_SMOKE,
             "gauss_factor": 4,
             "gen_per_class": 1,
             "gen_steps": 5,
