@@ -200,3 +200,46 @@ def test_results_have_the_issue_keys():
     for k in ("agreement_probs", "agreement_labels", "transfer_success", "noise_success"):
         assert e[k]["method"] == "measured" and e[k]["n"] > 0 and e[k]["se"] is not None
     assert e["budgets"] == [100, 250, 500, 1000] and e["eps"] == 1.0 and e["norm"] == "l2"
+
+
+# --- shapes: the README paragraph "On `shapes` ..." -------------------------------------------
+
+SHAPES = ROOT / "experiments" / "results" / "extraction" / "shapes.json"
+
+
+def shapes_fragments(r: dict) -> list[str]:
+    """The shapes paragraph's numbers, formatted from the JSON as the README prints them."""
+    s, e = r["settings"], r["extraction"]
+    return [
+        f"trained on the first {s['victim_train']} of the {s['victim_train'] + s['pool_size']} "
+        f"training images, the other {s['pool_size']} as the pool, {s['test_size']} test images",
+        f"the run took {r['wall_time_s'] / 60:.1f} minutes",
+        f"the victim is {_pse(r['victim']['clean_accuracy'])} accurate",
+        f"Agreement at {e['queries']} queries is {_pse(e['agreement_probs'])} from "
+        f"probabilities and {_pse(e['agreement_labels'])} from labels",
+        f"fools the victim on {_pse(e['transfer_success'])} of the {e['transfer_success']['n']} "
+        f"test images it classifies correctly, random noise of the same norm on "
+        f"{_pse(e['noise_success'])}",
+    ]
+
+
+def test_shapes_paragraph_quotes_the_poisoning_clean_model():
+    p = json.loads((SHAPES.parent.parent / "poisoning" / "shapes.json").read_text())
+    clean = p["backdoor"]["clean_model_accuracy"]["value"]
+    assert f"the poisoning experiment's clean MLP: {100 * clean:.1f}%)" in _readme()
+
+
+def test_shapes_run_and_readme_paragraph():
+    r = json.loads(SHAPES.read_text())
+    e = r["extraction"]
+    assert r["smoke"] is False and r["settings"]["dataset"] == "shapes"
+    assert r["git_commit"] and not r["git_commit"].endswith("+dirty")
+    assert r["settings"]["pool_dropped_as_test_duplicates"] == 0
+    # what the paragraph says of them: a victim near chance, agreement far below the bars,
+    # transfer >= 5x noise
+    assert r["victim"]["clean_accuracy"]["value"] < 0.15
+    assert e["agreement_probs"]["value"] < 0.95 and e["agreement_labels"]["value"] < 0.93
+    assert e["transfer_success"]["value"] >= 5 * e["noise_success"]["value"]
+    text = _readme()
+    assert [f for f in shapes_fragments(r) if f not in text] == []
+    assert all(f not in text for f in shapes_fragments(perturb_numbers(r)))
