@@ -11,6 +11,7 @@ from typing import Any
 import _common as C  # experiments/ is on sys.path (script dir, or added by the CLI)
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 import jaxrobust as jr
@@ -20,9 +21,12 @@ from jaxrobust.train.loop import train
 
 
 def train_model(run_dir: Path, *, dataset: str, dataset_kwargs: dict, hidden, objective: str,
-                epochs: int, eps: float, seed: int, threat: str = "linf") -> Any:  # fmt: skip
-    """Train (or reuse, when `run_dir` holds a finished run) an MLP with the library's
-    training loop; returns its logits_fn. `threat` and `eps` are PGD-AT's ball (unused by
+                epochs: int, eps: float, seed: int, threat: str = "linf",
+                model: dict | None = None) -> Any:  # fmt: skip
+    """Train (or reuse, when `run_dir` holds a finished run) a model with the library's
+    training loop; returns its logits_fn. The model is an MLP with `hidden` units, or
+    `model` when given: {"name", "kwargs", "batch_size", "learning_rate"} (e.g. bn_cnn on
+    shapes; `hidden` is then unused). `threat` and `eps` are PGD-AT's ball (unused by
     `objective="standard"`). The loop's own evaluation is switched off: the experiment
     evaluates every model with one attack (`accuracy`)."""
     if not (run_dir / "metrics.json").is_file():
@@ -30,7 +34,13 @@ def train_model(run_dir: Path, *, dataset: str, dataset_kwargs: dict, hidden, ob
         cfg.dataset = dataset
         if dataset_kwargs:
             cfg.dataset_kwargs.update(dataset_kwargs)
-        cfg.model.kwargs.hidden = tuple(hidden)
+        if model is None:
+            cfg.model.kwargs.hidden = tuple(hidden)
+        else:
+            cfg.model.name = model["name"]
+            cfg.model.kwargs = ml_collections.ConfigDict(dict(model["kwargs"]))
+            cfg.batch_size = int(model["batch_size"])
+            cfg.optimizer.learning_rate = float(model["learning_rate"])
         cfg.objective = objective
         cfg.threat = threat
         cfg.eps = float(eps)
