@@ -74,3 +74,33 @@ def test_nonrobust_features_smoke_on_two_classes(tmp_path):
     det = load_split(f"derived:{work / 'd_det'}", "train")[1]
     np.testing.assert_array_equal(det, 1 - y)
     assert d["label_checks"]["d_det"]["agreement_count"] == 0
+
+
+def test_bn_cnn_is_a_shapes_option(tmp_path):
+    args = ["experiment", "nonrobust_features", "--smoke", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--model", "bn_cnn"])
+    assert exit_.value.code == "--model bn_cnn is a shapes option"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_nonrobust_features_smoke_bn_cnn_on_planted_shapes(tmp_path):
+    """`--model bn_cnn`: every model is the CNN (its run's config says so), only D_rand and
+    D_det are built, and their label invariants hold on the datasets on disk."""
+    args = ["experiment", "nonrobust_features", "--smoke", "--dataset", "shapes", "--planted"]
+    assert main([*args, "--model", "bn_cnn", "--out", str(tmp_path)]) == 0
+    d = json.loads((tmp_path / "shapes_planted_bn_cnn_smoke.json").read_text())
+    assert d["settings"]["model"]["name"] == "bn_cnn" and d["settings"]["kinds"] == [
+        "d_rand",
+        "d_det",
+    ]
+    assert "d_r" not in d and "d_nr" not in d and set(d["sources"]) == {"standard"}
+    work = tmp_path / "work" / "shapes_planted_bn_cnn_smoke"
+    for run in ("source_standard", "trained_on_d_rand", "trained_on_d_det"):
+        assert json.loads((work / run / "config.json").read_text())["model"]["name"] == "bn_cnn"
+    kw = {"num_train": 256, "num_test": 64, "planted": True}
+    y = load_split("shapes", "train", limit=64, dataset_kwargs=kw)[1]
+    det = load_split(f"derived:{work / 'd_det'}", "train")[1]
+    assert np.all(det != y) and d["label_checks"]["d_det"]["passed"] is True
+    assert d["d_rand"]["test_accuracy"]["n"] == 64
