@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         models="MLP, same architecture/optimiser/steps/seed; standard() vs "
         f"pgd_at(l2({s['eps_train']})) with {s['pgd_steps']} PGD steps of 2.5eps/steps",
-        steps="every task: normalised l2 steps (each moves the example by step_size, pixel "
+        task_steps="every task: normalised l2 steps (each moves the example by step_size, pixel "
         "units) on jaxrobust.optimize; the same budget for both models",
     )
     res["models"] = RC.model_summary(models)

@@ -4,12 +4,13 @@ the properties that hold at any size."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from jaxrobust.cli import main
+from jaxrobust.cli import experiments_dir, main
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +21,23 @@ def _run(name: str, dataset: str, out: Path) -> dict:
     data = json.loads((out / f"{dataset}_smoke.json").read_text())
     assert data["smoke"] is True and data["wall_time_s"] > 0 and "git_commit" in data
     assert data["settings"]["dataset"] == dataset
+    # The training step count survives beside the description of the tasks' steps.
+    assert data["settings"]["steps"] == _smoke_settings(name, dataset)["steps"]
+    assert "task_steps" in data["settings"]
     for m in ("standard", "robust"):
         assert data["models"][m]["clean_accuracy"]["method"] == "measured"
     return data
+
+
+def _smoke_settings(name: str, dataset: str) -> dict:
+    """SETTINGS[dataset]["smoke"] of experiments/NAME.py (its `_represent_common` import is
+    already on sys.path after `main` ran it)."""
+    path = experiments_dir() / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_settings_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SETTINGS[dataset]["smoke"]
 
 
 def _pngs(out: Path, names: list[str]) -> None:
