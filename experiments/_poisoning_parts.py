@@ -21,11 +21,22 @@ from jaxrobust.train import TrainState, make_train_step, pgd_at, standard
 Array = jax.Array
 
 
-def make_model(info, hidden: Sequence[int]):
-    """The library's MLP with the dataset's normalisation inside (inputs in [0, 1])."""
-    return create_model(
-        "mlp", info.num_classes, mean=info.mean, std=info.std, hidden=tuple(int(h) for h in hidden)
-    )
+def make_model(info, s: dict):
+    """The library's MLP with `s["hidden"]` units, or the model `s["architecture"]` names with
+    `s["model_kwargs"]` (bn_cnn on shapes), the dataset's normalisation inside (inputs in
+    [0, 1])."""
+    name = s.get("architecture", "mlp")
+    if name == "mlp":
+        kwargs = {"hidden": tuple(int(h) for h in s["hidden"])}
+    else:
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in s["model_kwargs"].items()}
+    return create_model(name, info.num_classes, mean=info.mean, std=info.std, **kwargs)
+
+
+def describe_model(s: dict) -> str:
+    if s.get("architecture", "mlp") == "mlp":
+        return f"MLP(hidden={tuple(s['hidden'])})"
+    return f"{s['architecture']}({', '.join(f'{k}={v}' for k, v in s['model_kwargs'].items())})"
 
 
 def make_trainer(
@@ -38,10 +49,11 @@ def make_trainer(
     adversarial: jr.ThreatModel | None = None,
     pgd_steps: int = 10,
 ) -> Callable:
-    """train(x (N, ...), y (N,), keep (N,) bool, key) -> params: `steps` Adam steps (cosine
-    decay from lr) of the library's train step on batches of `batch` examples drawn with
-    replacement from the kept ones. Standard training, or PGD-AT within `adversarial`.
-    Jitted and vmapped over a leading seed axis of all four arguments."""
+    """train(x (N, ...), y (N,), keep (N,) bool, key) -> variables: `steps` Adam steps
+    (cosine decay from lr) of the library's train step on batches of `batch` examples drawn
+    with replacement from the kept ones. Standard training, or PGD-AT within `adversarial`.
+    The Flax variables ({"params"}, plus "batch_stats" for a BatchNorm model). Jitted and
+    vmapped over a leading seed axis of all four arguments."""
     tx = optax.adam(optax.cosine_decay_schedule(lr, steps))
     if adversarial is None:
         objective = standard()
@@ -63,23 +75,25 @@ def make_trainer(
             return state, None
 
         state, _ = jax.lax.scan(body, state, jax.random.split(k_batches, steps))
-        return state.params
+        return state.variables()
 
     return jax.jit(jax.vmap(train))
 
 
-def logits_fn(model, params) -> Callable:
-    return jr.as_logits_fn(model, {"params": params})
+def logits_fn(model, variables) -> Callable:
+    """Inference mode (BatchNorm's running averages) logits of one model's variables."""
+    return jr.as_logits_fn(model, variables)
 
 
-def features(model, params, x: Array, layer: str = "features") -> Array:
-    """The penultimate representations (N, D) of x under one model's params."""
-    f = jr.as_features_fn(model, {"params": params})
+def features(model, variables, x: Array, layer: str = "features") -> Array:
+    """The penultimate representations (N, D) of x under one model's variables."""
+    f = jr.as_features_fn(model, variables)
     return jnp.concatenate([f(x[i : i + 1024])[layer] for i in range(0, x.shape[0], 1024)])
 
 
-def seed_params(params: Any, s: int) -> Any:
-    return jax.tree.map(lambda a: a[s], params)
+def seed_params(variables: Any, s: int) -> Any:
+    """Seed s's slice of variables vmapped over seeds."""
+    return jax.tree.map(lambda a: a[s], variables)
 
 
 def proportion(values: Sequence[np.ndarray], how: str) -> dict:

@@ -33,3 +33,31 @@ def test_poisoning_smoke(tmp_path):
     assert data["targeted"]["by_poisons"]["1"]["control_success"]["value"] <= 1.0
     # at smoke size the dirty-label trigger is already learned, a clean model ignores it
     assert b["attack_success"]["value"] > 0.5 > b["clean_model_attack_success"]["value"]
+
+
+def test_bn_cnn_is_a_shapes_option(tmp_path):
+    args = ["experiment", "poisoning", "--smoke", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--model", "bn_cnn"])
+    assert exit_.value.code == "--model bn_cnn is a shapes option"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_poisoning_smoke_bn_cnn_on_shapes(tmp_path):
+    """`--model bn_cnn`: the in-memory models and the loop check's run are the CNN (their
+    variables carry BatchNorm statistics through the vmapped trainer), and every rate is a
+    measured proportion."""
+    args = ["experiment", "poisoning", "--smoke", "--dataset", "shapes", "--model", "bn_cnn"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "shapes_bn_cnn_smoke.json").read_text())
+    s = data["settings"]
+    assert s["architecture"] == "bn_cnn" and s["model_kwargs"] == {"channels": [4, 8]}
+    assert s["dataset_kwargs"] == {"num_train": 256, "num_test": 64}
+    run = tmp_path / "work" / "shapes_bn_cnn_smoke" / "loop_dirty_label"
+    assert json.loads((run / "config.json").read_text())["model"]["name"] == "bn_cnn"
+    assert "bn_cnn" in data["loop_check"]["what"] and "bn_cnn" in s["model"]
+    b, sp = data["backdoor"], data["spectral"]
+    for e in (b["attack_success"], b["clean_accuracy"], sp["recall"], sp["attack_success_after"]):
+        assert e["method"] == "measured" and e["n"] > 0 and 0.0 <= e["value"] <= 1.0
+    assert (tmp_path / "shapes_bn_cnn_smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
