@@ -23,7 +23,11 @@ which counts every query and refuses any over the budget.
   the logits' margin) and Bandits-TD, with the extraction's whole budget *per example*,
   and Square with the same *total* budget spread over the attacked points.
 
-    jaxrobust experiment extraction [--smoke] [--dataset digits|shapes] [--out DIR] [--seed S]
+    jaxrobust experiment extraction [--smoke] [--dataset digits|shapes] [--model mlp|bn_cnn]
+                                    [--out DIR] [--seed S]
+
+With `--model bn_cnn` (shapes only, settings `CNN`) the victim is the conv-BN CNN and the
+substitute a BatchNorm-free CNN, results in DIR/<dataset>_bn_cnn.*.
 
 Writes DIR/<dataset>.json (keys `extraction.agreement_probs`, `extraction.agreement_labels`,
 `extraction.transfer_success`, `extraction.noise_success` and the rest, every rate with its
@@ -83,6 +87,31 @@ SETTINGS = {
         "dataset_kwargs": {"num_train": 256, "num_test": 64},  # shapes only
     },
 }
+# `--model bn_cnn` (shapes): a victim that learns shapes (the MLP above reaches 12% there),
+# the conv-BN CNN with the shapes trade-off's recipe (5000 training records, batch 32, Adam
+# 2e-3, 1100 steps, about 7 epochs, trained in memory), and a BatchNorm-free CNN substitute
+# (`small_cnn`, full-batch Adam); 1000 test points keep the query-based attacks, which
+# run the victim's CNN for every query, inside the 20-minute budget.
+CNN = {
+    "full": {
+        "victim_model": {"name": "bn_cnn", "kwargs": {"channels": (8, 16, 32)}},
+        "victim_train": 5000,
+        "victim_steps": 1100,
+        "victim_batch": 32,
+        "victim_lr": 2e-3,
+        "substitute_model": {"name": "small_cnn", "kwargs": {"channels": (8, 16), "dense": 64}},
+        "substitute_steps": 300,
+        "test": 1000,
+    },
+    "smoke": {
+        "victim_model": {"name": "bn_cnn", "kwargs": {"channels": (4, 8)}},
+        "victim_steps": 60,
+        "victim_batch": 32,
+        "victim_lr": 2e-3,
+        "substitute_model": {"name": "small_cnn", "kwargs": {"channels": (4, 4), "dense": 16}},
+        "substitute_steps": 30,
+    },
+}
 THREAT = {"digits": ("l2", 1.0), "shapes": ("l2", 1.0)}
 OUTPUTS = ("probs", "labels")
 
@@ -111,6 +140,43 @@ def _predict(f, x: np.ndarray) -> np.ndarray:
     )
 
 
+def _describe(m: dict) -> str:
+    return f"{m['name']}({', '.join(f'{k}={v}' for k, v in m['kwargs'].items())})"
+
+
+def _describe_victim(s: dict, nv: int) -> str:
+    if "victim_model" in s:
+        return (
+            f"{_describe(s['victim_model'])}, Adam {s['victim_lr']} cosine, {s['victim_steps']} "
+            f"steps of batch {s['victim_batch']} (in memory, the library's train step), on "
+            f"train records [0, {nv})"
+        )
+    return (
+        f"MLP {tuple(s['victim_hidden'])}, full-batch AdamW 3e-3, {s['victim_steps']} steps, "
+        f"on train records [0, {nv})"
+    )
+
+
+def _cnn_victim(s: dict, ds: str, x: np.ndarray, y: np.ndarray, key):
+    """The `victim_model` trained in memory (poisoning's trainer: the library's TrainState
+    and train step, BatchNorm statistics kept); returns its inference-mode logits_fn."""
+    import _poisoning_parts as PP
+
+    info = get_info(ds)
+    m = s["victim_model"]
+    model = PP.make_model(info, {"architecture": m["name"], "model_kwargs": m["kwargs"]})
+    steps, batch, lr = s["victim_steps"], s["victim_batch"], s["victim_lr"]
+    train = PP.make_trainer(model, tuple(x.shape[1:]), steps=steps, batch=batch, lr=lr)
+    n = len(x)
+    v = train(
+        jnp.asarray(x)[None],
+        jnp.asarray(y, jnp.int32)[None],
+        jnp.ones((1, n), bool),
+        jax.random.split(key, 1),
+    )
+    return PP.logits_fn(model, PP.seed_params(v, 0))
+
+
 def figure(curves: dict, path: Path, title: str) -> None:
     fig, axes = C.figure(1, 1, (6.0, 4.2))
     ax = axes[0, 0]
@@ -134,11 +200,19 @@ def figure(curves: dict, path: Path, title: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--dataset", choices=DATASETS, default="digits")
+        parser.add_argument("--model", choices=("mlp", "bn_cnn"), default="mlp",
+                            help="bn_cnn: a CNN victim and substitute (shapes; CNN)")  # fmt: skip
 
     args = C.parse_args(NAME, argv, __doc__, extra)
     t0 = time.perf_counter()
     ds = args.dataset
-    s = dict(SETTINGS["smoke" if args.smoke else "full"])
+    size = "smoke" if args.smoke else "full"
+    s = dict(SETTINGS[size])
+    cnn = args.model == "bn_cnn"
+    if cnn:
+        if ds != "shapes":
+            raise SystemExit("--model bn_cnn is a shapes option")
+        s.update(CNN[size])
     kw = dict(s["dataset_kwargs"]) if ds == "shapes" else {}
     s["dataset_kwargs"] = kw
     x_test, y_test = load_split(ds, "test", limit=s["test"], dataset_kwargs=kw or None)
@@ -158,16 +232,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The victim.
     t = time.perf_counter()
-    _, victim, _ = X.fit_classifier(
-        jax.random.fold_in(key, 0),
-        x_train[:nv],
-        jax.nn.one_hot(y_train[:nv], num_classes),
-        fit=X.FitConfig(hidden=tuple(s["victim_hidden"]), steps=s["victim_steps"]),
-    )
+    if cnn:
+        victim = _cnn_victim(s, ds, x_train[:nv], y_train[:nv], jax.random.fold_in(key, 0))
+        sub = s["substitute_model"]
+        fit = X.FitConfig(
+            steps=s["substitute_steps"],
+            model=sub["name"],
+            model_kwargs=tuple(sub["kwargs"].items()),
+        )
+    else:
+        _, victim, _ = X.fit_classifier(
+            jax.random.fold_in(key, 0),
+            x_train[:nv],
+            jax.nn.one_hot(y_train[:nv], num_classes),
+            fit=X.FitConfig(hidden=tuple(s["victim_hidden"]), steps=s["victim_steps"]),
+        )
+        fit = X.FitConfig(hidden=tuple(s["substitute_hidden"]), steps=s["substitute_steps"])
     victim_pred = _predict(victim, x_test)
     correct = victim_pred == y_test
     seconds["victim"] = time.perf_counter() - t
-    fit = X.FitConfig(hidden=tuple(s["substitute_hidden"]), steps=s["substitute_steps"])
 
     def run(output: str, budget: int, seed: int, seed_size: int | None):
         api = X.prediction_api(victim, output=output, budget=budget, num_classes=num_classes)
@@ -324,10 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "test_size": len(y_test),
             "pool_size": len(pool),
             "pool_dropped_as_test_duplicates": int(shared.sum()),
-            "victim": f"MLP {tuple(s['victim_hidden'])}, full-batch AdamW 3e-3, "
-            f"{s['victim_steps']} steps, on train records [0, {nv})",
-            "substitute": f"MLP {tuple(s['substitute_hidden'])}, full-batch AdamW 3e-3, "
-            f"{s['substitute_steps']} steps, soft-label CE (probs) / CE (labels)",
+            "victim": _describe_victim(s, nv),
+            "substitute": (
+                _describe(s["substitute_model"]) if cnn else f"MLP {tuple(s['substitute_hidden'])}"
+            )
+            + f", full-batch AdamW 3e-3, {s['substitute_steps']} steps, soft-label CE (probs) "
+            "/ CE (labels)",
             "pool": f"train records [{nv}, {len(x_train)}), none equal to a test image",
         },
     )
@@ -336,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data["seconds"] = seconds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = ds + ("_smoke" if args.smoke else "")
+    tag = ds + ("_bn_cnn" if cnn else "") + ("_smoke" if args.smoke else "")
     figure(
         curves,
         out / f"{tag}.png",

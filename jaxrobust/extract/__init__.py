@@ -13,6 +13,7 @@ from jaxrobust.extract.api import (
 )
 from jaxrobust.extract.substitute import (
     AUGMENTATIONS,
+    SUBSTITUTE_MODELS,
     Extraction,
     FitConfig,
     agreement,
@@ -21,6 +22,7 @@ from jaxrobust.extract.substitute import (
     fit_classifier,
     overlap,
     soft_cross_entropy,
+    substitute_model,
     targets_of,
 )
 from jaxrobust.extract.transfer import noise_like, transfer_attack
@@ -28,6 +30,7 @@ from jaxrobust.extract.transfer import noise_like, transfer_attack
 __all__ = [
     "AUGMENTATIONS",
     "OUTPUTS",
+    "SUBSTITUTE_MODELS",
     "Extraction",
     "FitConfig",
     "PredictionAPI",
@@ -42,6 +45,7 @@ __all__ = [
     "query",
     "remaining",
     "soft_cross_entropy",
+    "substitute_model",
     "targets_of",
     "transfer_attack",
 ]

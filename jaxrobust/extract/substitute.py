@@ -62,15 +62,25 @@ class Extraction(NamedTuple):
 
 class FitConfig(NamedTuple):
     """Substitute training: full-batch Adam for `steps` steps at learning rate `lr`, with
-    decoupled weight decay `weight_decay`; `hidden` the MLP's hidden widths."""
+    decoupled weight decay `weight_decay`.
+
+    The architecture: `model` "mlp" with hidden widths `hidden`, or a BatchNorm-free
+    convolutional model of `jaxrobust.models` (`SUBSTITUTE_MODELS`) built with the keyword
+    pairs `model_kwargs`, e.g. `FitConfig(model="small_cnn", model_kwargs=(("channels",
+    (8, 16)), ("dense", 64)))`. BatchNorm models are refused: training pads the queries to
+    `capacity` masked rows, which would enter BatchNorm's batch statistics.
+    """
 
     hidden: tuple[int, ...] = (256,)
     steps: int = 500
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    model: str = "mlp"
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 DEFAULT_FIT = FitConfig()
+SUBSTITUTE_MODELS = ("mlp", "small_cnn", "madry_cnn")
 
 
 def check_fit_config(fit: Any) -> FitConfig:
@@ -84,7 +94,28 @@ def check_fit_config(fit: Any) -> FitConfig:
     check_int(fit.steps, "fit.steps", 1)
     check_number(fit.lr, "fit.lr", 0.0, lo_open=True)
     check_number(fit.weight_decay, "fit.weight_decay", 0.0)
-    return fit._replace(hidden=tuple(hidden))
+    if fit.model not in SUBSTITUTE_MODELS:
+        raise InputError(
+            f"fit.model must be one of {list(SUBSTITUTE_MODELS)} (BatchNorm-free: training "
+            f"pads the queries with masked rows), got {fit.model!r}"
+        )
+    pairs = fit.model_kwargs
+    if not isinstance(pairs, tuple | list) or not all(
+        isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[0], str) for p in pairs
+    ):
+        raise InputError(f"fit.model_kwargs must be (name, value) pairs, got {pairs!r}")
+    if fit.model == "mlp" and pairs:
+        raise InputError("fit.model_kwargs is for the convolutional models; the MLP takes hidden")
+    # Lists become tuples: the model is a cache key of the compiled training program.
+    frozen = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in pairs)
+    return fit._replace(hidden=tuple(hidden), model_kwargs=frozen)
+
+
+def substitute_model(fit: FitConfig, num_classes: int) -> nn.Module:
+    """The untrained substitute architecture that `fit` describes, with num_classes logits."""
+    if fit.model == "mlp":
+        return create_model("mlp", num_classes, hidden=tuple(fit.hidden))
+    return create_model(fit.model, num_classes, **dict(fit.model_kwargs))
 
 
 # ----------------------------------------------------------------------------- training
@@ -135,7 +166,7 @@ def fit_classifier(
     *,
     fit: FitConfig = DEFAULT_FIT,
 ) -> tuple[Any, Callable[[Array], Array], Array]:
-    """Train an MLP on (x, targets), rows weighted by `mask`.
+    """Train the `fit.model` (default an MLP) on (x, targets), rows weighted by `mask`.
 
     Args:
       key: PRNG key for the initialisation (the training itself is deterministic).
@@ -158,7 +189,7 @@ def fit_classifier(
     mask = jnp.ones(targets.shape[0], jnp.float32) if mask is None else jnp.asarray(mask)
     if mask.shape != (targets.shape[0],):
         raise InputError(f"mask must be ({targets.shape[0]},), got {mask.shape}")
-    model = create_model("mlp", int(targets.shape[1]), hidden=fit.hidden)
+    model = substitute_model(fit, int(targets.shape[1]))
     variables = init_model(model, key, np.shape(x)[1:])
     program = _fit_program(model, fit.steps, fit.lr, fit.weight_decay)
     variables, losses = program(variables, jnp.asarray(x), targets, mask.astype(jnp.float32))
@@ -285,7 +316,7 @@ def extract(
     first, count = query(api, xs, count)
     answers = np.asarray(first)
     spent = seed_size
-    model = create_model("mlp", api.num_classes, hidden=fit.hidden)
+    model = substitute_model(fit, api.num_classes)
 
     def train(xq: np.ndarray, aq: np.ndarray):
         m = len(xq)
