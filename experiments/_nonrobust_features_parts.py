@@ -82,6 +82,19 @@ def accuracy(f, x, y, key, attack: dict) -> dict:
     }
 
 
+def follows_det_rule(f, x, y, num_classes: int) -> dict:
+    """The fraction of original test points on which `f` predicts D_det's relabelling
+    (y + 1) mod C: a model that learned D_det from the source class's own features (robust
+    ones, or a planted pattern the perturbation could not overwrite) predicts the rule."""
+    pred = np.concatenate(
+        [np.asarray(jnp.argmax(f(jnp.asarray(x[i : i + 512])), -1)) for i in range(0, len(y), 512)]
+    )
+    return _entry(
+        pred == (np.asarray(y) + 1) % num_classes,
+        "predictions equal to (y + 1) mod C, D_det's relabelling, on the original test set",
+    )
+
+
 def label_checks(kind: str, labels: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
     """D_det: every label differs from the true class. D_rand: agreement with the true
     class at the chance rate 1/C (within 3 binomial SE at 1/C)."""

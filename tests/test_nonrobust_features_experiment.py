@@ -104,3 +104,4 @@ def test_nonrobust_features_smoke_bn_cnn_on_planted_shapes(tmp_path):
     det = load_split(f"derived:{work / 'd_det'}", "train")[1]
     assert np.all(det != y) and d["label_checks"]["d_det"]["passed"] is True
     assert d["d_rand"]["test_accuracy"]["n"] == 64
+    assert d["d_det"]["predicts_det_rule"]["n"] == 64 and "predicts_det_rule" not in d["d_rand"]
