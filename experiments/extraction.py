@@ -166,7 +166,9 @@ def _cnn_victim(s: dict, ds: str, x: np.ndarray, y: np.ndarray, key):
     m = s["victim_model"]
     model = PP.make_model(info, {"architecture": m["name"], "model_kwargs": m["kwargs"]})
     steps, batch, lr = s["victim_steps"], s["victim_batch"], s["victim_lr"]
-    train = PP.make_trainer(model, tuple(x.shape[1:]), steps=steps, batch=batch, lr=lr)
+    train = PP.make_trainer(
+        model, tuple(x.shape[1:]), steps=steps, batch=batch, lr=lr, over_seeds="loop"
+    )
     n = len(x)
     v = train(
         jnp.asarray(x)[None],

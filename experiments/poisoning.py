@@ -189,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model = PP.make_model(info, s)
     shape = tuple(x.shape[1:])
-    trainer = PP.make_trainer(model, shape, steps=s["steps"], batch=s["batch"], lr=s["lr"])
+    trainer = PP.make_trainer(
+        model, shape, steps=s["steps"], batch=s["batch"], lr=s["lr"], over_seeds=PP.over_seeds(s)
+    )
     trig = poison.make_trigger(shape, size=s["trigger_size"], location="bottom_right")
     all_kept = jnp.ones((seeds, n), bool)
 
@@ -275,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lr=s["lr"],
         adversarial=jr.linf(s["robust_eps"]),
         pgd_steps=s["robust_pgd_steps"],
+        over_seeds=PP.over_seeds(s),
     )
     robust_params = robust_trainer(x[None], y[None], all_kept[:1], train_keys[:1])
     robust_fn = PP.logits_fn(model, PP.seed_params(robust_params, 0))

@@ -61,3 +61,39 @@ def test_poisoning_smoke_bn_cnn_on_shapes(tmp_path):
     for e in (b["attack_success"], b["clean_accuracy"], sp["recall"], sp["attack_success_after"]):
         assert e["method"] == "measured" and e["n"] > 0 and 0.0 <= e["value"] <= 1.0
     assert (tmp_path / "shapes_bn_cnn_smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trainer_loop_equals_the_vmapped_scan(monkeypatch):
+    """`make_trainer(over_seeds="loop")` (the CNN path: one jitted step per host iteration)
+    trains exactly what the vmapped `lax.scan` trains: same batches, same updates, per seed,
+    with a BatchNorm model's statistics carried along."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxrobust.cli import experiments_dir
+    from jaxrobust.data import get_info
+
+    monkeypatch.syspath_prepend(str(experiments_dir()))
+    import _poisoning_parts as PP
+
+    info = get_info("shapes")
+    s = {"architecture": "bn_cnn", "model_kwargs": {"channels": (2,)}}
+    model = PP.make_model(info, s)
+    x = jax.random.uniform(jax.random.key(0), (2, 12, 8, 8, 3))
+    y = jax.random.randint(jax.random.key(1), (2, 12), 0, 10)
+    keep = jnp.ones((2, 12), bool).at[1, :4].set(False)
+    keys = jax.random.split(jax.random.key(2), 2)
+    got = {
+        mode: PP.make_trainer(model, (8, 8, 3), steps=3, batch=4, lr=1e-2, over_seeds=mode)(
+            x, y, keep, keys
+        )
+        for mode in ("vmap", "loop")
+    }
+    assert set(got["loop"]) == {"params", "batch_stats"}
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
+        got["vmap"],
+        got["loop"],
+    )
+    assert PP.over_seeds(s) == "loop" and PP.over_seeds({"hidden": (4,)}) == "vmap"
