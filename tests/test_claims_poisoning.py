@@ -227,3 +227,69 @@ def test_readme_prints_the_shapes_numbers_and_they_move_with_the_json():
     assert [f for f in shapes_fragments(r) if f not in text] == []
     moved = shapes_fragments(perturb_numbers(r))
     assert all(f not in text for f in moved)
+
+
+# --- shapes with the CNN: the README paragraph "With a CNN on `shapes` ..." ------------------
+
+SHAPES_CNN = ROOT / "experiments" / "results" / "poisoning" / "shapes_bn_cnn.json"
+
+
+def shapes_cnn_fragments(r: dict) -> list[str]:
+    """The CNN paragraph's numbers, formatted from the JSON as the README prints them."""
+    b, s, t = r["backdoor"], r["spectral"], r["targeted"]
+    lc, rounds = b["label_consistent"], s["rounds"]
+    k = max(int(k) for k in t["by_poisons"])
+    return [
+        f"1100 steps of batch 32 on {b['train_size']} training images, "
+        f"{r['settings']['test_size']} test images, {r['settings']['seeds']} seeds",
+        f"the robust source PGD-{r['settings']['robust_pgd_steps']}",
+        f"the clean model is {_pse(b['clean_model_accuracy'])} accurate and sends "
+        f"{_pse(b['clean_model_attack_success'])} of triggered images",
+        f"Dirty label ({b['count']} of {b['train_size']} training images): attack success "
+        f"{_pse(b['attack_success'])} with clean accuracy {_pse(b['clean_accuracy'])} against "
+        f"{_pse(b['clean_model_accuracy'])}",
+        f"Label-consistent ({lc['count']} target-class images): trigger only "
+        f"{_pse(lc['trigger_only']['attack_success'])}, standard source "
+        f"{_pse(lc['standard_source']['attack_success'])}, robust source "
+        f"{_pse(lc['robust_source']['attack_success'])}",
+        f"round 1 recall {_p(rounds[0]['recall'])}, precision {_p(rounds[0]['precision'])} "
+        f"(round 2: recall {_p(rounds[1]['recall'])})",
+        f"attack success is still {_pse(rounds[0]['attack_success_after'])} (round 2: "
+        f"{_pse(rounds[1]['attack_success_after'])}) with clean accuracy "
+        f"{_pse(rounds[0]['clean_accuracy_after'])}",
+        f"{_p(t['success'])} of {t['targets']} targets with {k} poisons (control "
+        f"{_p(t['by_poisons'][str(k)]['control_success'])})",
+        f"check reads {_pse(r['loop_check']['attack_success'])} attack success",
+        f"The run took {r['wall_time_s'] / 60:.1f} minutes",
+    ]
+
+
+def test_shapes_cnn_run_is_full_size_from_committed_code_and_the_verdicts_hold():
+    r = json.loads(SHAPES_CNN.read_text())
+    st = r["settings"]
+    assert r["smoke"] is False and st["dataset"] == "shapes" and st["architecture"] == "bn_cnn"
+    assert st["dataset_kwargs"] == {"num_train": 5000, "num_test": 1000}
+    assert st["steps"] == 1100 and st["batch"] == 32
+    assert st["model_kwargs"]["channels"] == [8, 16, 32]
+    assert r["git_commit"] and not r["git_commit"].endswith("+dirty")
+    verdicts = shapes_verdicts(r)
+    verdicts["clean model ignores the trigger"] = (
+        r["backdoor"]["clean_model_attack_success"]["value"] < 0.05
+    )
+    assert verdicts == {
+        "dirty label >= 95%, clean within 2 pp": True,
+        "recall >= 95%": False,
+        "LC above trigger only": False,
+        "success after removal < 5%": False,
+        "trigger only saturates": False,
+        "under 20 minutes": True,
+        "clean model ignores the trigger": True,
+    }
+
+
+def test_readme_prints_the_shapes_cnn_numbers_and_they_move_with_the_json():
+    r = json.loads(SHAPES_CNN.read_text())
+    text = _readme()
+    assert [f for f in shapes_cnn_fragments(r) if f not in text] == []
+    moved = shapes_cnn_fragments(perturb_numbers(r))
+    assert all(f not in text for f in moved)
