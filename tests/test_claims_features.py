@@ -466,3 +466,61 @@ def test_readme_table_of_the_digits_experiment():
     assert f"Digits, on the original test set (n = {r['d_r']['clean_accuracy']['n']};" in readme
     assert [row for row in table_rows(r) if row not in readme] == []
     assert all(row not in readme for row in table_rows(perturb_numbers(r)))
+
+
+# --- D_rand / D_det on planted shapes with the CNN: the README paragraph ------------------
+
+SHAPES_CNN = ROOT / "experiments" / "results" / "nonrobust_features" / "shapes_planted_bn_cnn.json"
+SHAPES_CNN_EPS05 = SHAPES_CNN.with_name("shapes_planted_bn_cnn_eps0.5.json")
+
+
+def shapes_cnn_fragments(r: dict, r05: dict) -> list[str]:
+    """The paragraph's numbers, formatted from the two JSONs as the README prints them."""
+    st, src = r["settings"], r["sources"]["standard"]
+    dr, dd = r["d_rand"], r["d_det"]
+    lc = dr["label_check"]
+    return [
+        f"{st['train_records_used']} training and {st['test_size']} test images, pattern norm "
+        f"{st['planted_norm']}",
+        f"{st['epochs']} epochs of batch {st['model']['batch_size']}",
+        f"targeted ℓ2 PGD-{st['adv_steps']} at ε = {st['adv_eps']}",
+        f"The standard source is {_pse(src['clean_accuracy'])} accurate and "
+        f"{_pse(src['robust_accuracy'])} under ℓ∞ PGD-{st['attack_steps']} at ε = 2/255",
+        f"trained on D_rand reaches {_pse(dr['clean_accuracy'])} on the original test set",
+        f"{lc['agreement_count']} of {lc['n']} D_rand labels, {100 * lc['agreement_rate']:.1f}%",
+        f"on D_det reaches {_pse(dd['clean_accuracy'])}",
+        f"on {_pse(dd['predicts_det_rule'])} of the test images",
+        f"(mean ℓ2 {dd['build_summary']['mean_l2_perturbation']:.2f})",
+        f"D_rand reached {_pse(r05['d_rand']['clean_accuracy'])} and D_det "
+        f"{_pse(r05['d_det']['clean_accuracy'])}",
+        f"The run took {r['wall_time_s'] / 60:.1f} minutes",
+    ]
+
+
+def test_shapes_cnn_runs_are_what_the_readme_says():
+    r, r05 = (json.loads(p.read_text()) for p in (SHAPES_CNN, SHAPES_CNN_EPS05))
+    for run, eps in ((r, 2.0), (r05, 0.5)):
+        st = run["settings"]
+        assert (
+            run["smoke"] is False
+            and st["dataset"] == "shapes"
+            and st["kinds"]
+            == [
+                "d_rand",
+                "d_det",
+            ]
+        )
+        assert st["model"]["name"] == "bn_cnn" and st["adv_eps"] == eps
+        assert st["dataset_kwargs"]["planted"] is True and st["test_size"] == 1000
+        assert run["git_commit"] and not run["git_commit"].endswith("+dirty")
+        assert all(c["passed"] for c in run["label_checks"].values())
+    assert st["attack"]["eps"] == 2 / 255
+    # The verdicts the paragraph states: D_rand at the bar, D_det far below, the rule.
+    assert r["d_rand"]["clean_accuracy"]["value"] >= 0.70
+    assert r["d_rand"]["clean_accuracy"]["value"] - 0.70 < r["d_rand"]["clean_accuracy"]["se"]
+    assert r["d_det"]["clean_accuracy"]["value"] < 0.5 < r["d_det"]["predicts_det_rule"]["value"]
+    text = _readme()
+    assert [f for f in shapes_cnn_fragments(r, r05) if f not in text] == []
+    move = lambda v: 0.9 * v + 0.01  # noqa: E731  (moves 0.4% and 0.0% too)
+    moved = shapes_cnn_fragments(perturb_numbers(r, move), perturb_numbers(r05, move))
+    assert all(f not in text for f in moved)
