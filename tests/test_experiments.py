@@ -559,3 +559,13 @@ def test_certified_one_method_writes_its_own_file(tmp_path):
     assert "smoothing" not in data and data["settings"]["methods"] == ["ibp"]
     _check_ibp(data["ibp"], 64)
     assert not (tmp_path / "digits.json").exists()
+
+
+@pytest.mark.parametrize("name", ["nonrobust_features", "poisoning", "extraction"])
+def test_bn_cnn_is_a_shapes_option(tmp_path, name):
+    """`--model bn_cnn` (the CNN recipe on shapes) stops on digits before writing anything."""
+    args = ["experiment", name, "--smoke", "--model", "bn_cnn", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == "--model bn_cnn is a shapes option"
+    assert not (tmp_path / "out").exists()

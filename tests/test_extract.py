@@ -356,16 +356,6 @@ def test_extraction_experiment_smoke(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_extraction_bn_cnn_is_a_shapes_option(tmp_path):
-    from jaxrobust.cli import main
-
-    args = ["experiment", "extraction", "--smoke", "--out", str(tmp_path / "out")]
-    with pytest.raises(SystemExit) as exit_:
-        main([*args, "--model", "bn_cnn"])
-    assert exit_.value.code == "--model bn_cnn is a shapes option"
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.slow
 def test_extraction_experiment_smoke_bn_cnn_on_shapes(tmp_path):
     """`--model bn_cnn`: the victim is the conv-BN CNN and the substitute the BatchNorm-free

@@ -76,14 +76,6 @@ def test_nonrobust_features_smoke_on_two_classes(tmp_path):
     assert d["label_checks"]["d_det"]["agreement_count"] == 0
 
 
-def test_bn_cnn_is_a_shapes_option(tmp_path):
-    args = ["experiment", "nonrobust_features", "--smoke", "--out", str(tmp_path / "out")]
-    with pytest.raises(SystemExit) as exit_:
-        main([*args, "--model", "bn_cnn"])
-    assert exit_.value.code == "--model bn_cnn is a shapes option"
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.slow
 def test_nonrobust_features_smoke_bn_cnn_on_planted_shapes(tmp_path):
     """`--model bn_cnn`: every model is the CNN (its run's config says so), only D_rand and

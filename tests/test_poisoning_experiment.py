@@ -35,14 +35,6 @@ def test_poisoning_smoke(tmp_path):
     assert b["attack_success"]["value"] > 0.5 > b["clean_model_attack_success"]["value"]
 
 
-def test_bn_cnn_is_a_shapes_option(tmp_path):
-    args = ["experiment", "poisoning", "--smoke", "--out", str(tmp_path / "out")]
-    with pytest.raises(SystemExit) as exit_:
-        main([*args, "--model", "bn_cnn"])
-    assert exit_.value.code == "--model bn_cnn is a shapes option"
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.slow
 def test_poisoning_smoke_bn_cnn_on_shapes(tmp_path):
     """`--model bn_cnn`: the in-memory models and the loop check's run are the CNN (their
