@@ -148,3 +148,14 @@ def test_apgd_strength_quick(tmp_path):
                 same = r["reference_same_starts"]
                 assert len(same["counts"]) == 2 and max(same["points_differing"]) <= 1
     assert out.with_suffix(".md").read_text().startswith("# APGD strength")
+
+
+def test_conv_loops_quick(tmp_path):
+    bench = _load("conv_loops")
+    out = tmp_path / "conv_loops"
+    assert bench.main(["--quick", "--steps", "2", "--repeats", "1", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    (row,) = data["results"].values()
+    assert set(row) >= {"xla", "auto", "speedup_xla_over_auto"}
+    assert all(v > 0 for impl in ("xla", "auto") for v in row[impl].values())
+    assert "| small_cnn (batch 8) | train_scan_s |" in out.with_suffix(".md").read_text()

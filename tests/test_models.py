@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ from jaxrobust.models import (
     model_kwargs,
     normalize,
 )
-from jaxrobust.models.layers import GEMM_MAX_POSITIONS, Conv, conv_as_gemm
+from jaxrobust.models.layers import GEMM_MAX_POSITIONS, Conv, conv_as_gemm, conv_gemm_grad
 
 # An "rbg" key: XLA:CPU compiles threefry-based parameter init ~3x slower (seconds per model),
 # which dominates this file's runtime. Results do not depend on the generator.
@@ -241,6 +243,79 @@ def test_conv_as_gemm_equals_xla_convolution(kernel, strides, size, channels, pa
 
 
 @pytest.mark.parametrize(
+    "kernel, strides, size, padding",
+    [
+        ((3, 3), (1, 1), (7, 6), "SAME"),
+        ((3, 3), (2, 2), (8, 9), ((1, 1), (1, 1))),
+        ((3, 2), (2, 1), (7, 7), "VALID"),
+        ((2, 3), (1, 2), (5, 6), ((2, 0), (1, 1))),
+    ],
+)
+def test_conv_gemm_grad_has_xlas_value_and_derivatives(kernel, strides, size, padding):
+    """XLA's value; reverse mode (both gradients), forward mode and a Hessian equal XLA's
+    convolution's: the custom derivative rule is the convolution's own, as GEMMs."""
+    x = jax.random.normal(jax.random.key(1), (2, *size, 3))
+    w = jax.random.normal(jax.random.key(2), (*kernel, 3, 4))
+
+    def ours(x, w):
+        return conv_gemm_grad(x, w, strides, padding)
+
+    def ref(x, w):
+        return _xla_conv(x, w, strides, padding)
+
+    @jax.jit
+    def derivatives(x, w):
+        out = []
+        for conv in (ours, ref):
+            y, vjp = jax.vjp(conv, x, w)
+            _, tangent = jax.jvp(conv, (x, w), (jnp.sin(x), jnp.cos(w)))
+            input_grad = jax.grad(lambda x, conv=conv: jnp.sum(conv(x, w) ** 2))(x)
+            hessian = jax.hessian(lambda w, conv=conv: jnp.sum(jnp.tanh(conv(x, w))))(w)
+            out.append((y, *vjp(jnp.cos(y)), tangent, input_grad, hessian))
+        return out
+
+    mine, theirs = derivatives(x, w)
+    np.testing.assert_array_equal(mine[0], theirs[0])  # the value is XLA's convolution
+    for a, b in zip(mine, theirs, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-5)
+    batched = jax.vmap(lambda x: ours(x[None], w)[0])(x)
+    np.testing.assert_allclose(batched, mine[0], atol=1e-5)
+
+
+def _conv_layouts(compiled_text: str) -> set[str]:
+    return set(re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", compiled_text))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the 'auto' rule is CPU's")
+def test_conv_gradients_inside_a_scan_use_only_the_canonical_layout():
+    """Why "auto" picks "gemm_grad" on CPU: XLA:CPU runs convolutions in layouts other than
+    NHWC/HWIO as naive loops, and inside `scan` it leaves the ones autodiff emits in theirs
+    (the kernel gradient `f01b_i01o->01bf`, 10-20x slower here). Checks the compiled
+    program of 3 training steps under `lax.scan` for the layouts themselves, not timings."""
+    layer = {impl: Conv(8, (3, 3), impl=impl) for impl in ("auto", "xla")}
+    x = _uniform(KEY, (4, 8, 8, 3))
+    params = layer["auto"].init(KEY, x)
+
+    def layouts(impl):
+        def loss(p, x):
+            return jnp.sum(jnp.tanh(layer[impl].apply(p, x)) ** 2)
+
+        def steps(p, x):
+            def body(carry, _):
+                p, x = carry
+                gp, gx = jax.grad(loss, argnums=(0, 1))(p, x)
+                return (jax.tree.map(lambda a, b: a - 0.1 * b, p, gp), x - 0.1 * gx), None
+
+            return jax.lax.scan(body, (p, x), None, length=3)[0]
+
+        return _conv_layouts(jax.jit(steps).lower(params, x).compile().as_text())
+
+    assert Conv(8, (3, 3)).formulation(x.shape) == "gemm_grad"
+    assert layouts("auto") == {"b01f_01io->b01f"}
+    assert layouts("xla") - {"b01f_01io->b01f"}, "XLA now canonicalises loop bodies: revisit"
+
+
+@pytest.mark.parametrize(
     "kernel, strides, padding",
     [((3, 3), (1, 1), "SAME"), ((3, 3), (2, 2), ((1, 1), (1, 1))), ((1, 1), (2, 2), "VALID")],
 )
@@ -251,7 +326,7 @@ def test_conv_is_nn_conv_with_the_same_parameters(kernel, strides, padding):
     ref = nn.Conv(5, kernel, strides, padding)
     variables = ref.init(KEY, x)
     y_ref = ref.apply(variables, x)
-    for impl in ("auto", "xla", "gemm"):
+    for impl in ("auto", "xla", "gemm", "gemm_grad"):
         layer = Conv(5, kernel, strides, padding, impl=impl)
         assert jax.tree.map(jnp.shape, layer.init(KEY, x)) == jax.tree.map(jnp.shape, variables)
         jax.tree.map(np.testing.assert_array_equal, layer.init(KEY, x), variables)
@@ -279,6 +354,8 @@ def test_conv_auto_picks_gemm_for_1x1_and_small_outputs_on_cpu():
     # The rule is queryable without tracing (benchmarks/kernels.py reports it per layer).
     assert Conv(8, (3, 3)).uses_gemm((2, side, side, 8))
     assert not Conv(8, (3, 3)).uses_gemm((side + 1, side, 8))
+    assert Conv(8, (3, 3)).formulation((side + 1, side, 8)) == "gemm_grad"
+    assert Conv(8, (3, 3), impl="xla").formulation((2, side, side, 8)) == "xla"
 
 
 def test_conv_bad_input_errors():
@@ -416,9 +493,27 @@ def test_create_model_errors():
         create_model("mlp", 10, std=0.0)
     with pytest.raises(ConfigError, match="num_classes"):
         create_model("mlp", 0)
+    with pytest.raises(ConfigError, match=r"conv_impl must be one of .*got 'winograd'"):
+        create_model("bn_cnn", 10, conv_impl="winograd")
     # A module built directly (not through the registry) names the bad block the same way.
     with pytest.raises(ConfigError, match="'basic' or 'bottleneck', got 'wide'"):
         ResNet(block="wide").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+@pytest.mark.parametrize("name, shape", [("bn_cnn", (2, 16, 16, 3)), ("madry_cnn", (2, 8, 8, 1))])
+def test_cnn_conv_impl_changes_the_formulation_not_the_function(name, shape):
+    """`conv_impl` picks how the convolutions run; parameters, logits and input gradients
+    are the same for every choice (checkpoints are shared)."""
+    x = _uniform(KEY, shape)
+    models = {impl: create_model(name, 10, conv_impl=impl) for impl in ("auto", "xla", "gemm")}
+    variables = models["auto"].init(KEY, x)
+    jax.tree.map(np.testing.assert_array_equal, models["xla"].init(KEY, x), variables)
+    ref = None
+    for model in models.values():
+        out = jax.value_and_grad(lambda x, m=model: jnp.sum(m.apply(variables, x) ** 2))(x)
+        if ref is None:
+            ref = out
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), out, ref)
 
 
 def test_create_model_kwargs_and_lists():

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
-from jaxrobust.models.layers import Stat, max_pool_2x2, normalize
+from jaxrobust.models.layers import Conv, ConvImpl, Stat, max_pool_2x2, normalize
 
 
 class MadryCNN(nn.Module):
@@ -23,14 +23,19 @@ class MadryCNN(nn.Module):
     num_classes: int = 10
     mean: Stat = 0.0
     std: Stat = 1.0
+    conv_impl: ConvImpl = "auto"  # `layers.Conv`'s formulation
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train
         h = normalize(x, self.mean, self.std)
-        h = max_pool_2x2(nn.relu(nn.Conv(32, (5, 5), padding="SAME", name="conv1")(h)))
+        h = max_pool_2x2(
+            nn.relu(Conv(32, (5, 5), padding="SAME", name="conv1", impl=self.conv_impl)(h))
+        )
         self.sow("intermediates", "pool1", h)
-        h = max_pool_2x2(nn.relu(nn.Conv(64, (5, 5), padding="SAME", name="conv2")(h)))
+        h = max_pool_2x2(
+            nn.relu(Conv(64, (5, 5), padding="SAME", name="conv2", impl=self.conv_impl)(h))
+        )
         self.sow("intermediates", "pool2", h)
         h = h.reshape((h.shape[0], -1))
         h = nn.relu(nn.Dense(1024, name="fc1")(h))
@@ -51,6 +56,7 @@ class SmallCNN(nn.Module):
     num_classes: int = 10
     mean: Stat = 0.0
     std: Stat = 1.0
+    conv_impl: ConvImpl = "auto"  # `layers.Conv`'s formulation
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -58,7 +64,9 @@ class SmallCNN(nn.Module):
         h = normalize(x, self.mean, self.std)
         for b, c in enumerate(self.channels, start=1):
             for j in (1, 2):
-                h = nn.relu(nn.Conv(c, (3, 3), padding="SAME", name=f"conv{b}_{j}")(h))
+                h = nn.relu(
+                    Conv(c, (3, 3), padding="SAME", name=f"conv{b}_{j}", impl=self.conv_impl)(h)
+                )
             h = max_pool_2x2(h)
             self.sow("intermediates", f"block{b}", h)
         h = h.reshape((h.shape[0], -1))
@@ -87,6 +95,7 @@ class BNCNN(nn.Module):
     num_classes: int = 10
     mean: Stat = 0.0
     std: Stat = 1.0
+    conv_impl: ConvImpl = "auto"  # `layers.Conv`'s formulation
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -94,7 +103,14 @@ class BNCNN(nn.Module):
         last = len(self.channels)
         for b, c in enumerate(self.channels, start=1):
             for j in (1, 2):
-                h = nn.Conv(c, (3, 3), padding="SAME", use_bias=False, name=f"conv{b}_{j}")(h)
+                h = Conv(
+                    c,
+                    (3, 3),
+                    padding="SAME",
+                    use_bias=False,
+                    name=f"conv{b}_{j}",
+                    impl=self.conv_impl,
+                )(h)
                 h = nn.BatchNorm(
                     use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn{b}_{j}"
                 )(h)

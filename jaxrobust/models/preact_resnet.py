@@ -43,7 +43,7 @@ def _shortcut(features: int, stride: int) -> Conv:
 
 def _conv3x3(features: int, stride: int, name: str) -> Conv:
     # Explicit symmetric padding 1 (not 'SAME') matches PyTorch's alignment at stride 2.
-    # `Conv` (not nn.Conv): same parameters, faster on CPU for the small late-stage maps.
+    # `Conv` (not nn.Conv): same parameters, faster on CPU (small late-stage maps; loops).
     return Conv(
         features,
         (3, 3),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from jaxrobust.errors import ConfigError
-from jaxrobust.models.layers import Stat, check_stats
+from jaxrobust.models.layers import CONV_IMPLS, Stat, check_stats
 from jaxrobust.models.madry_cnn import BNCNN, MadryCNN, SmallCNN
 from jaxrobust.models.mlp import MLP
 from jaxrobust.models.preact_resnet import PreActResNet18
@@ -98,6 +98,11 @@ def create_model(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     check_stats(mean, std)
+    if kwargs.get("conv_impl", "auto") not in CONV_IMPLS:
+        raise ConfigError(
+            f"conv_impl must be one of {', '.join(map(repr, CONV_IMPLS))}, "
+            f"got {kwargs['conv_impl']!r}"
+        )
     kwargs = {k: _freeze(v) for k, v in kwargs.items()}
     if name in _VALIDATORS:
         _VALIDATORS[name](kwargs)
