@@ -1,6 +1,7 @@
-"""The README's benchmark numbers measured on 2026-12-06 (APGD strength against the reference,
-the standard evaluation's speed) are tests: each is recomputed from the committed results file
-the README names, and a perturbed copy of that file makes the check fail."""
+"""The README's benchmark numbers measured on 2026-12-06/07 (APGD strength against the
+reference, the standard evaluation's speed, convolutions inside loops) are tests: each is
+recomputed from the committed results file the README names, and a perturbed copy of that
+file makes the check fail."""
 
 from __future__ import annotations
 
@@ -74,8 +75,34 @@ def _eval_text(a: dict, b: dict) -> list[str]:
     return lines
 
 
+def _conv_loops_text(d: dict) -> list[str]:
+    r = d["results"]
+    b, m = r["bn_cnn"], r["madry_cnn"]
+    x = {k: b["xla"][k] for k in b["xla"]}
+    a = {k: b["auto"][k] for k in b["auto"]}
+    sp = b["speedup_xla_over_auto"]
+    mx, ma, msp = m["xla"], m["auto"], m["speedup_xla_over_auto"]
+    # The fix must actually win where it was made for (inside loops, both models).
+    assert min(sp["train_scan_s"], msp["train_scan_s"], sp["pgd_l2_scan_s"]) > 1.5
+    return [
+        f"batch {b['batch']}, {d['steps']} steps",
+        f"training under `lax.scan` {x['train_scan_s']:.1f} s vs {a['train_scan_s']:.1f} s "
+        f"({sp['train_scan_s']:.0f}×), ℓ2 PGD {x['pgd_l2_scan_s']:.1f} vs "
+        f"{a['pgd_l2_scan_s']:.1f} s ({sp['pgd_l2_scan_s']:.1f}×)",
+        f"called from Python {x['train_python_loop_s']:.1f} vs {a['train_python_loop_s']:.1f} s",
+        f"unrolled ℓ∞ PGD {x['pgd_linf_unrolled_s']:.2f} vs {a['pgd_linf_unrolled_s']:.2f} s",
+        f"madry_cnn {mx['train_scan_s']:.1f} vs {ma['train_scan_s']:.1f} s "
+        f"({msp['train_scan_s']:.0f}×), {mx['pgd_l2_scan_s']:.1f} vs {ma['pgd_l2_scan_s']:.1f} s "
+        f"({msp['pgd_l2_scan_s']:.1f}×), {mx['train_python_loop_s']:.1f} vs "
+        f"{ma['train_python_loop_s']:.1f} s ({msp['train_python_loop_s']:.2f}×), "
+        f"{mx['pgd_linf_unrolled_s']:.2f} vs {ma['pgd_linf_unrolled_s']:.2f} s "
+        f"({msp['pgd_linf_unrolled_s']:.2f}×)",
+    ]
+
+
 CLAIMS = {
     "apgd_strength": (("2026-12-06-apgd_strength.json",), _strength_text),
+    "conv_loops": (("2026-12-07-conv_loops.json",), _conv_loops_text),
     "eval_standard": (
         ("2026-12-06-eval_standard-a.json", "2026-12-06-eval_standard-b.json"),
         _eval_text,

@@ -28,7 +28,13 @@ from jaxrobust.models import (
     model_kwargs,
     normalize,
 )
-from jaxrobust.models.layers import GEMM_MAX_POSITIONS, Conv, conv_as_gemm, conv_gemm_grad
+from jaxrobust.models.layers import (
+    GEMM_MAX_POSITIONS,
+    Conv,
+    conv_as_gemm,
+    conv_gemm_grad,
+    conv_general_dilated_gemm_grad,
+)
 
 # An "rbg" key: XLA:CPU compiles threefry-based parameter init ~3x slower (seconds per model),
 # which dominates this file's runtime. Results do not depend on the generator.
@@ -280,6 +286,32 @@ def test_conv_gemm_grad_has_xlas_value_and_derivatives(kernel, strides, size, pa
         np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-5)
     batched = jax.vmap(lambda x: ours(x[None], w)[0])(x)
     np.testing.assert_allclose(batched, mine[0], atol=1e-5)
+
+
+def test_flax_conv_takes_the_gemm_grad_convolution():
+    """A user's nn.Conv with `conv_general_dilated=conv_general_dilated_gemm_grad`: same
+    parameters, values and gradients; dilated / grouped / NCHW calls fall back to XLA."""
+    x = _uniform(KEY, (2, 9, 9, 4))
+    for kwargs in ({"strides": 2}, {"padding": "VALID"}, {"kernel_dilation": 2},
+                   {"feature_group_count": 2}, {"padding": "CIRCULAR"}):  # fmt: skip
+        ref = nn.Conv(6, (3, 3), **kwargs)
+        ours = nn.Conv(6, (3, 3), conv_general_dilated=conv_general_dilated_gemm_grad, **kwargs)
+        variables = ref.init(KEY, x)
+        jax.tree.map(np.testing.assert_array_equal, ours.init(KEY, x), variables)
+        for module in (ref, ours):
+            loss = jax.value_and_grad(
+                lambda v, x, m=module: jnp.sum(jnp.tanh(m.apply(v, x))), (0, 1)
+            )
+            if module is ref:
+                expected = loss(variables, x)
+            else:
+                jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                             loss(variables, x), expected)  # fmt: skip
+    nchw = conv_general_dilated_gemm_grad(
+        jnp.ones((1, 2, 5, 5)), jnp.ones((3, 2, 3, 3)), (1, 1), "SAME"
+    )
+    np.testing.assert_array_equal(nchw, jax.lax.conv_general_dilated(
+        jnp.ones((1, 2, 5, 5)), jnp.ones((3, 2, 3, 3)), (1, 1), "SAME"))  # fmt: skip
 
 
 def _conv_layouts(compiled_text: str) -> set[str]:

@@ -5,7 +5,14 @@ penultimate representation as `intermediates/features`.
 """
 
 from jaxrobust.models.adapters import FeaturesFn, LogitsFn, as_features_fn, as_logits_fn
-from jaxrobust.models.layers import max_pool_2x2, normalize
+from jaxrobust.models.layers import (
+    Conv,
+    conv_as_gemm,
+    conv_gemm_grad,
+    conv_general_dilated_gemm_grad,
+    max_pool_2x2,
+    normalize,
+)
 from jaxrobust.models.madry_cnn import MadryCNN, SmallCNN
 from jaxrobust.models.mlp import MLP
 from jaxrobust.models.preact_resnet import PreActBlock, PreActResNet, PreActResNet18
@@ -18,6 +25,7 @@ __all__ = [
     "MODELS",
     "BasicBlock",
     "Bottleneck",
+    "Conv",
     "FeaturesFn",
     "LogitsFn",
     "MadryCNN",
@@ -32,6 +40,9 @@ __all__ = [
     "WideResNet",
     "as_features_fn",
     "as_logits_fn",
+    "conv_as_gemm",
+    "conv_gemm_grad",
+    "conv_general_dilated_gemm_grad",
     "create_model",
     "init_model",
     "max_pool_2x2",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import flax.linen as nn
 import jax
@@ -173,11 +173,16 @@ def _conv_gemm_grad_jvp(strides: tuple, pads: tuple, primals: tuple, tangents: t
     dx, dkernel = tangents
     y = _xla_conv(x, kernel, strides, pads)
     # The convolution is bilinear: its tangent is the same map applied to each tangent in
-    # turn. Written as GEMMs, its transpose (the VJP) is GEMMs, pads and slices too. A
-    # symbolic-zero tangent (e.g. the kernel's, in an attack) costs nothing.
+    # turn, written so that the transposes reverse mode takes run fast on XLA:CPU inside
+    # loops. The input term is a convolution with the kernel physically in HWOI layout:
+    # its transpose (the input gradient) swaps the spec's I and O back to canonical HWIO.
+    # The kernel term is a GEMM over patches: its transpose (the kernel gradient) is a
+    # GEMM. A symbolic-zero tangent (the kernel's, in an attack) costs nothing.
     terms = []
     if not isinstance(dx, SymbolicZero):
-        terms.append(conv_as_gemm(dx, kernel, strides, pads))
+        kernel_oi = jnp.transpose(kernel, (0, 1, 3, 2))
+        dims = ("NHWC", "HWOI", "NHWC")
+        terms.append(lax.conv_general_dilated(dx, kernel_oi, strides, pads, dimension_numbers=dims))
     if not isinstance(dkernel, SymbolicZero):
         terms.append(conv_as_gemm(x, dkernel, strides, pads))
     if not terms:
@@ -191,18 +196,19 @@ _conv_gemm_grad.defjvp(_conv_gemm_grad_jvp, symbolic_zeros=True)
 def conv_gemm_grad(
     x: Array, kernel: Array, strides: Sequence[int] = (1, 1), padding: Padding = "VALID"
 ) -> Array:
-    """XLA's convolution for the value, `conv_as_gemm` for every derivative.
+    """XLA's convolution, with derivatives that XLA:CPU also runs fast inside loops.
 
     Why: XLA:CPU hands a convolution to its fast (Eigen) kernel only in the canonical
     NHWC/HWIO layout, and brings the transposed convolutions that reverse-mode autodiff
     emits (input gradient: an I/O-swapped kernel; kernel gradient: batch and channels
     swapped) into that layout only in the program's top level. Inside `lax.scan`,
     `fori_loop` or `while_loop` (every attack of the `optimize` engine, a training loop
-    under `scan`) they run as naive loops. Measured here (jax 0.10.2, 2 cores, a six-layer
-    3x3 CNN on 32x32x3, 20 steps in `lax.scan`, batch 32): training 19.1 s with XLA's
-    convolution vs 0.94 s with this one, input-gradient (attack) steps 2.69 vs 0.55 s;
-    called from Python (no loop) 1.14 vs 1.76 s and 0.59 vs 0.54 s. The derivative
-    rule is a `custom_jvp`, so forward mode, reverse mode, `vmap` and higher orders all work.
+    under `scan`) they run as naive loops: 16-33x slower training steps and 1.7-3.1x
+    slower ℓ2 PGD on the small CNNs here (benchmarks/conv_loops.py, 2026-12-07; at the
+    top level this form ran at 0.88-1.61x and 0.95-1.01x of XLA's own). Here the input
+    gradient is a convolution already in the canonical layout and the kernel gradient a
+    GEMM over patches (see `conv_as_gemm`), inside loops or not. The derivative rule is a
+    `custom_jvp`: forward mode, reverse mode, `vmap` and higher orders all work.
 
     Args:
       x: (B, H, W, C) inputs.
@@ -222,16 +228,63 @@ def conv_gemm_grad(
     return _conv_gemm_grad(x, kernel, tuple(int(s) for s in strides), static_pads)
 
 
+def conv_general_dilated_gemm_grad(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Sequence[int],
+    padding: Padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> Array:
+    """`lax.conv_general_dilated` with `conv_gemm_grad`'s derivatives where it applies.
+
+    For a model of your own on CPU: `flax.linen.Conv(..., conv_general_dilated=
+    conv_general_dilated_gemm_grad)` keeps its parameters and values and runs its
+    gradients fast inside the attack engine's loops. A 2-D convolution in NHWC/HWIO layout,
+    without dilation, groups, precision or element-type options and with "SAME", "VALID" or
+    non-negative explicit padding runs as `conv_gemm_grad`; any other call is passed to
+    `lax.conv_general_dilated` unchanged.
+    """
+    plain = (
+        lhs.ndim == 4
+        and rhs.ndim == 4
+        and dimension_numbers is not None
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+        and all(tuple(d or (1, 1)) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and precision is None
+        and preferred_element_type is None
+    )
+    if plain:
+        try:
+            pads = conv_padding(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+        except ValueError:  # other padding strings, negative pads: XLA's own convolution
+            plain = False
+    if not plain:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type,
+        )  # fmt: skip
+    return conv_gemm_grad(lhs, rhs, window_strides, pads)
+
+
 class Conv(nn.Module):
     """A 2-D convolution (NHWC, HWIO kernel) that runs as the backend's fastest formulation.
 
     Parameters are `kernel` (kh, kw, C, features) and, with `use_bias`, `bias` (features,),
     initialised like `flax.linen.Conv`'s: the same parameter tree, so checkpoints and
     PyTorch weight maps are shared. `impl` picks the formulation: "xla" (XLA's convolution),
-    "gemm" (`conv_as_gemm`), "gemm_grad" (`conv_gemm_grad`: XLA's convolution, GEMM
-    derivatives), or "auto": on CPU the GEMM for 1x1 kernels and for outputs of at most
+    "gemm" (`conv_as_gemm`), "gemm_grad" (`conv_gemm_grad`: XLA's convolution, a GEMM kernel
+    gradient), or "auto": on CPU the GEMM for 1x1 kernels and for outputs of at most
     `GEMM_MAX_POSITIONS` positions per image, "gemm_grad" otherwise (XLA:CPU runs the
-    derivatives of its own convolution as naive loops inside `scan`/`while` loops: see
+    derivatives of its own convolution as naive loops inside `scan` or `while`: see
     `conv_gemm_grad`), and XLA's convolution on every other backend (cuDNN and the TPU
     convolution units need no help).
 
