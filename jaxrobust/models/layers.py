@@ -112,6 +112,14 @@ def conv_padding(
     return cast(list[tuple[int, int]], pads)  # two pairs, checked just above
 
 
+def _check_conv_args(name: str, x: Array, kernel: Array) -> None:
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[-1]:
+        raise ValueError(
+            f"{name} expects x (B, H, W, C) and kernel (kh, kw, C, O), got {x.shape} "
+            f"and {kernel.shape}"
+        )
+
+
 def conv_as_gemm(
     x: Array, kernel: Array, strides: Sequence[int] = (1, 1), padding: Padding = "VALID"
 ) -> Array:
@@ -132,11 +140,7 @@ def conv_as_gemm(
     Returns:
       (B, Ho, Wo, O), Ho = (H + top + bottom - kh) // sh + 1 (likewise Wo).
     """
-    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[-1]:
-        raise ValueError(
-            f"conv_as_gemm expects x (B, H, W, C) and kernel (kh, kw, C, O), got {x.shape} "
-            f"and {kernel.shape}"
-        )
+    _check_conv_args("conv_as_gemm", x, kernel)
     kh, kw, c, o = kernel.shape
     sh, sw = strides
     (pt, pb), (pl, pr) = conv_padding(x.shape[1:3], (kh, kw), strides, padding)
@@ -218,11 +222,7 @@ def conv_gemm_grad(
     Returns:
       (B, Ho, Wo, O), the same as `lax.conv_general_dilated` in NHWC/HWIO layout.
     """
-    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[-1]:
-        raise ValueError(
-            f"conv_gemm_grad expects x (B, H, W, C) and kernel (kh, kw, C, O), got {x.shape} "
-            f"and {kernel.shape}"
-        )
+    _check_conv_args("conv_gemm_grad", x, kernel)
     pads = conv_padding(x.shape[1:3], kernel.shape[:2], strides, padding)
     static_pads = tuple(tuple(p) for p in pads)
     return _conv_gemm_grad(x, kernel, tuple(int(s) for s in strides), static_pads)
