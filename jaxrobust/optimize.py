@@ -228,7 +228,11 @@ def _step_size_at(step_size: StepSize, i: Array) -> Array:
 # optimiser) in the ℓ∞ ball, whose projection is a clip, is unrolled completely. Not
 # otherwise: bisection projections (ℓ2, ℓ1) and rules with control flow (APGD) compile 30x
 # slower unrolled, and an unrolled loop inside the restart scan ran slower than the rolled
-# one (PGD-50 × 5 on an MLP 512-512: 1.3 s vs 0.7 s, compile 8 s vs 1.4 s).
+# one (PGD-50 × 5 on an MLP 512-512: 1.3 s vs 0.7 s, compile 8 s vs 1.4 s). For
+# convolutional models most of the loop's cost was XLA:CPU's gradient convolutions, which
+# it lays out fast only outside loops; `models.layers.Conv` now writes them so that they are
+# fast inside loops too (benchmarks/conv_loops.py: ℓ2 PGD under scan 1.7-3.1x faster, the
+# unrolled ℓ∞ loop unchanged). The Madry CNN figure above predates that change.
 CPU_UNROLL_MAX_STEPS = 64
 
 
