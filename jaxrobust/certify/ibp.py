@@ -659,10 +659,11 @@ def _builders() -> dict[type, tuple[Callable, frozenset]]:
     from jaxrobust.models.mlp import MLP
 
     base = {"parent", "name", "num_classes", "mean", "std"}
+    conv = base | {"conv_impl"}  # how a convolution is computed, not which function
     return {
         MLP: (_mlp, frozenset(base | {"hidden"})),
-        SmallCNN: (_small_cnn, frozenset(base | {"channels", "dense"})),
-        MadryCNN: (_madry_cnn, frozenset(base)),
+        SmallCNN: (_small_cnn, frozenset(conv | {"channels", "dense"})),
+        MadryCNN: (_madry_cnn, frozenset(conv)),
     }
 
 
