@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import flax.linen as nn
 import jax
@@ -86,7 +86,7 @@ def max_pool_2x2(x: Array) -> Array:
 
 Padding = str | Sequence[tuple[int, int]]
 ConvImpl = Literal["auto", "xla", "gemm", "gemm_grad"]
-CONV_IMPLS: tuple[str, ...] = ("auto", "xla", "gemm", "gemm_grad")
+CONV_IMPLS: tuple[str, ...] = get_args(ConvImpl)
 
 # Output positions per image at or below which `Conv`'s "auto" mode uses the GEMM form on
 # CPU. benchmarks/kernels.py (2 cores, float32, forward + input gradient, batch 32 sharded
