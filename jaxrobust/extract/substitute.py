@@ -15,8 +15,9 @@ clipped to the input box, and the substitute is retrained on everything queried 
 The query pool (the attacker's own inputs) must not overlap the data the extraction is
 scored on: `check_disjoint` refuses a pool that shares an input with the test set.
 
-Training is full-batch Adam on fixed-shape, masked arrays (`capacity` rows), one compiled
-program for every budget up to the capacity; the same key gives the same substitute.
+Training is Adam on fixed-shape, masked arrays (`capacity` rows), full-batch or on
+minibatches drawn from the unmasked rows (`FitConfig.batch_size`), one compiled program for
+every budget up to the capacity; the same key gives the same substitute.
 """
 
 from __future__ import annotations
@@ -61,14 +62,19 @@ class Extraction(NamedTuple):
 
 
 class FitConfig(NamedTuple):
-    """Substitute training: full-batch Adam for `steps` steps at learning rate `lr`, with
-    decoupled weight decay `weight_decay`.
+    """Substitute training: Adam for `steps` steps at learning rate `lr`, with decoupled
+    weight decay `weight_decay`; full-batch (`batch_size=None`), or each step on
+    `batch_size` rows drawn with replacement, in proportion to the mask (the cost
+    of a step then does not grow with the number of queries: the convolutional
+    substitutes' choice).
 
-    The architecture: `model` "mlp" with hidden widths `hidden`, or a BatchNorm-free
-    convolutional model of `jaxrobust.models` (`SUBSTITUTE_MODELS`) built with the keyword
-    pairs `model_kwargs`, e.g. `FitConfig(model="small_cnn", model_kwargs=(("channels",
-    (8, 16)), ("dense", 64)))`. BatchNorm models are refused: training pads the queries to
-    `capacity` masked rows, which would enter BatchNorm's batch statistics.
+    The architecture: `model` "mlp" with hidden widths `hidden`, or a convolutional model
+    of `jaxrobust.models` (`SUBSTITUTE_MODELS`) built with the keyword pairs
+    `model_kwargs`, e.g. `FitConfig(model="small_cnn", model_kwargs=(("channels", (8, 16)),
+    ("dense", 64)))`. A BatchNorm model ("bn_cnn") needs `batch_size`: full-batch training
+    pads the queries to `capacity` masked rows, which would enter the batch statistics;
+    minibatches hold only real rows (the substitute keeps running averages, and its
+    `logits_fn` uses them).
     """
 
     hidden: tuple[int, ...] = (256,)
@@ -77,10 +83,12 @@ class FitConfig(NamedTuple):
     weight_decay: float = 1e-4
     model: str = "mlp"
     model_kwargs: tuple[tuple[str, Any], ...] = ()
+    batch_size: int | None = None
 
 
 DEFAULT_FIT = FitConfig()
-SUBSTITUTE_MODELS = ("mlp", "small_cnn", "madry_cnn")
+SUBSTITUTE_MODELS = ("mlp", "small_cnn", "madry_cnn", "bn_cnn")
+BATCHNORM_MODELS = ("bn_cnn",)
 
 
 def check_fit_config(fit: Any) -> FitConfig:
@@ -94,10 +102,14 @@ def check_fit_config(fit: Any) -> FitConfig:
     check_int(fit.steps, "fit.steps", 1)
     check_number(fit.lr, "fit.lr", 0.0, lo_open=True)
     check_number(fit.weight_decay, "fit.weight_decay", 0.0)
+    if fit.batch_size is not None:
+        check_int(fit.batch_size, "fit.batch_size", 1)
     if fit.model not in SUBSTITUTE_MODELS:
+        raise InputError(f"fit.model must be one of {list(SUBSTITUTE_MODELS)}, got {fit.model!r}")
+    if fit.model in BATCHNORM_MODELS and fit.batch_size is None:
         raise InputError(
-            f"fit.model must be one of {list(SUBSTITUTE_MODELS)} (BatchNorm-free: training "
-            f"pads the queries with masked rows), got {fit.model!r}"
+            f"fit.model {fit.model!r} has BatchNorm: give fit.batch_size (full-batch training "
+            "pads the queries with masked rows, which would enter the batch statistics)"
         )
     pairs = fit.model_kwargs
     if not isinstance(pairs, tuple | list) or not all(
@@ -136,49 +148,44 @@ def targets_of(answers: ArrayLike, output: str, num_classes: int) -> Array:
 
 @functools.lru_cache(maxsize=32)
 def _fit_program(model: nn.Module, steps: int, lr: float, weight_decay: float,
-                 host_loop: bool = False) -> Callable:  # fmt: skip
-    """The jitted full-batch training of `model` (cached on its static configuration):
-    run(variables, x, targets, mask) -> (variables, (steps,) losses).
-
-    `host_loop=True` runs the same steps from Python, one jitted step each: on XLA:CPU a
-    convolutional step inside `lax.scan` ran about 10x slower than called from Python
-    (jax 0.10.2), so the convolutional substitutes take this path; the MLP keeps one
-    compiled scan."""
+                 batch_size: int | None = None) -> Callable:  # fmt: skip
+    """The jitted training of `model` (cached on its static configuration), one `lax.scan`
+    over the steps: run(variables, x, targets, mask, key) -> (variables, (steps,) losses).
+    `key` draws the minibatches (unused full-batch)."""
     tx = optax.adamw(lr, weight_decay=weight_decay)
 
-    def loss_fn(params, x, targets, mask):
-        logits = model.apply({"params": params}, x)
+    def loss_fn(params, stats, x, targets, mask):
+        if stats is None:
+            logits = model.apply({"params": params}, x)
+        else:  # BatchNorm: batch statistics of the minibatch, running averages updated
+            logits, new = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                      mutable=["batch_stats"])  # fmt: skip
+            stats = new["batch_stats"]
         per = soft_cross_entropy(logits, targets)
-        return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        return jnp.sum(per * mask) / jnp.maximum(jnp.sum(mask), 1.0), stats
 
-    def step(params, opt, x, targets, mask):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, targets, mask)
-        updates, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, updates), opt, loss
+    def run(variables, x, targets, mask, key):
+        # Minibatch rows drawn in proportion to their weights (log 0 = -inf: never drawn),
+        # so a minibatch loss estimates the weighted full-batch loss.
+        row_logits = jnp.log(jnp.clip(mask, 0.0))
 
-    if host_loop:
-        step_jit = jax.jit(step)
+        def body(carry, k):
+            params, stats, opt = carry
+            if batch_size is None:
+                xb, tb, mb = x, targets, mask
+            else:
+                rows = jax.random.categorical(k, row_logits, shape=(batch_size,))
+                xb, tb, mb = x[rows], targets[rows], jnp.ones((batch_size,), mask.dtype)
+            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+            (loss, stats), grads = grad_fn(params, stats, xb, tb, mb)
+            updates, opt = tx.update(grads, opt, params)
+            return (optax.apply_updates(params, updates), stats, opt), loss
 
-        def run_host(variables, x, targets, mask):
-            params = variables["params"]
-            opt = tx.init(params)
-            losses = []
-            for _ in range(steps):
-                params, opt, loss = step_jit(params, opt, x, targets, mask)
-                losses.append(loss)
-            return {"params": params}, jnp.stack(losses)
-
-        return run_host
-
-    def run(variables, x, targets, mask):
-        def body(carry, _):
-            params, opt = carry
-            params, opt, loss = step(params, opt, x, targets, mask)
-            return (params, opt), loss
-
-        params = variables["params"]
-        (params, _), losses = jax.lax.scan(body, (params, tx.init(params)), None, length=steps)
-        return {"params": params}, losses
+        params, stats = variables["params"], variables.get("batch_stats")
+        carry = (params, stats, tx.init(params))
+        (params, stats, _), losses = jax.lax.scan(body, carry, jax.random.split(key, steps))
+        out = {"params": params} if stats is None else {"params": params, "batch_stats": stats}
+        return out, losses
 
     return jax.jit(run)
 
@@ -194,9 +201,9 @@ def fit_classifier(
     """Train the `fit.model` (default an MLP) on (x, targets), rows weighted by `mask`.
 
     Args:
-      key: PRNG key for the initialisation (the training itself is deterministic).
+      key: PRNG key: the initialisation and, with `fit.batch_size`, the minibatches.
       x: (N, ...) inputs; targets: (N, C) target distributions (one-hot or probabilities);
-      mask: (N,) 1 for rows to train on, 0 for padding (default all ones).
+      mask: (N,) weights >= 0: 1 for rows to train on, 0 for padding (default all ones).
       fit: the `FitConfig`.
 
     Returns:
@@ -214,10 +221,16 @@ def fit_classifier(
     mask = jnp.ones(targets.shape[0], jnp.float32) if mask is None else jnp.asarray(mask)
     if mask.shape != (targets.shape[0],):
         raise InputError(f"mask must be ({targets.shape[0]},), got {mask.shape}")
+    if not bool(jnp.any(mask > 0)):
+        raise InputError("mask selects no row to train on")
     model = substitute_model(fit, int(targets.shape[1]))
-    variables = init_model(model, key, np.shape(x)[1:])
-    program = _fit_program(model, fit.steps, fit.lr, fit.weight_decay, host_loop=fit.model != "mlp")
-    variables, losses = program(variables, jnp.asarray(x), targets, mask.astype(jnp.float32))
+    # The key itself initialises (as before minibatches existed: full-batch fits unchanged).
+    k_init, k_batches = key, jax.random.fold_in(key, 1)
+    variables = init_model(model, k_init, np.shape(x)[1:])
+    program = _fit_program(model, fit.steps, fit.lr, fit.weight_decay, fit.batch_size)
+    variables, losses = program(
+        variables, jnp.asarray(x), targets, mask.astype(jnp.float32), k_batches
+    )
     return variables, as_logits_fn(model, variables), losses
 
 
