@@ -22,13 +22,14 @@ from jaxrobust.train.loop import train
 
 def train_model(run_dir: Path, *, dataset: str, dataset_kwargs: dict, hidden, objective: str,
                 epochs: int, eps: float, seed: int, threat: str = "linf",
-                model: dict | None = None) -> Any:  # fmt: skip
+                model: dict | None = None, adversary: dict | None = None) -> Any:  # fmt: skip
     """Train (or reuse, when `run_dir` holds a finished run) a model with the library's
     training loop; returns its logits_fn. The model is an MLP with `hidden` units, or
     `model` when given: {"name", "kwargs", "batch_size", "learning_rate"} (e.g. bn_cnn on
     shapes; `hidden` is then unused). `threat` and `eps` are PGD-AT's ball (unused by
-    `objective="standard"`). The loop's own evaluation is switched off: the experiment
-    evaluates every model with one attack (`accuracy`)."""
+    `objective="standard"`), `adversary` its `cfg.adversary` fields (e.g. {"steps": 1}).
+    The loop's own evaluation is switched off: the experiment evaluates every model with
+    one attack (`accuracy`)."""
     if not (run_dir / "metrics.json").is_file():
         cfg = default_config()
         cfg.dataset = dataset
@@ -44,6 +45,8 @@ def train_model(run_dir: Path, *, dataset: str, dataset_kwargs: dict, hidden, ob
         cfg.objective = objective
         cfg.threat = threat
         cfg.eps = float(eps)
+        for k, v in (adversary or {}).items():
+            cfg.adversary[k] = v
         cfg.epochs = int(epochs)
         cfg.seed = int(seed)
         cfg.eval.eps_list = (0.0,)

@@ -78,19 +78,30 @@ def test_nonrobust_features_smoke_on_two_classes(tmp_path):
 
 @pytest.mark.slow
 def test_nonrobust_features_smoke_bn_cnn_on_planted_shapes(tmp_path):
-    """`--model bn_cnn`: every model is the CNN (its run's config says so), only D_rand and
-    D_det are built, and their label invariants hold on the datasets on disk."""
+    """`--model bn_cnn`: every model is the CNN (its run's config says so), all four
+    datasets are built, the robust source is l2 PGD-AT with the recipe's one-step adversary,
+    the evaluation is the recipe's l2 attack, and the label invariants hold on disk."""
     args = ["experiment", "nonrobust_features", "--smoke", "--dataset", "shapes", "--planted"]
     assert main([*args, "--model", "bn_cnn", "--out", str(tmp_path)]) == 0
     d = json.loads((tmp_path / "shapes_planted_bn_cnn_smoke.json").read_text())
-    assert d["settings"]["model"]["name"] == "bn_cnn" and d["settings"]["kinds"] == [
-        "d_rand",
-        "d_det",
-    ]
-    assert "d_r" not in d and "d_nr" not in d and set(d["sources"]) == {"standard"}
+    assert d["settings"]["model"]["name"] == "bn_cnn"
+    assert d["settings"]["kinds"] == ["d_rand", "d_det", "d_r", "d_nr"]
+    assert set(d["sources"]) == {"standard", "robust"}
+    assert d["settings"]["attack"] == {"threat": "l2", "eps": 0.25, "steps": 5, "restarts": 1}
     work = tmp_path / "work" / "shapes_planted_bn_cnn_smoke"
-    for run in ("source_standard", "trained_on_d_rand", "trained_on_d_det"):
+    runs = (
+        "source_standard",
+        "source_robust",
+        *(f"trained_on_{k}" for k in d["settings"]["kinds"]),
+    )
+    for run in runs:
         assert json.loads((work / run / "config.json").read_text())["model"]["name"] == "bn_cnn"
+    robust = json.loads((work / "source_robust" / "config.json").read_text())
+    assert robust["objective"] == "pgd_at" and robust["threat"] == "l2" and robust["eps"] == 0.5
+    assert robust["adversary"]["steps"] == 1 and robust["adversary"]["step_size"] == 0.5
+    for name in ("d_r", "d_nr"):
+        fm = d["feature_match"][name]
+        assert d[name]["clean_accuracy"]["n"] == 64 and fm["n"] == 64
     kw = {"num_train": 256, "num_test": 64, "planted": True}
     y = load_split("shapes", "train", limit=64, dataset_kwargs=kw)[1]
     det = load_split(f"derived:{work / 'd_det'}", "train")[1]
