@@ -243,3 +243,70 @@ def test_shapes_run_and_readme_paragraph():
     text = _readme()
     assert [f for f in shapes_fragments(r) if f not in text] == []
     assert all(f not in text for f in shapes_fragments(perturb_numbers(r)))
+
+
+# --- shapes with the CNN: the README paragraph "With a CNN victim on `shapes` ..." --------
+
+SHAPES_CNN = SHAPES.with_name("shapes_bn_cnn.json")
+
+
+def _seeds(e: dict) -> str:
+    return f"{100 * e['value']:.1f}% ± {100 * e['se']:.1f}"
+
+
+def shapes_cnn_fragments(r: dict) -> list[str]:
+    """The CNN paragraph's numbers, formatted from the JSON as the README prints them."""
+    s, e, sec = r["settings"], r["extraction"], r["seconds"]
+    curve = lambda o: " / ".join(  # noqa: E731
+        f"{100 * p['agreement']['value']:.1f}%" for p in e["curves"]["pool"][o]
+    )
+    jac = [e["curves"]["jacobian_only"][o][0]["agreement"]["value"] for o in ("probs", "labels")]
+    bb = e["blackbox"]
+    return [
+        f"trained on {s['victim_train']} training images, {s['victim_steps']} steps of batch "
+        f"{s['victim_batch']}; the pool the other {s['pool_size']}; {s['test_size']} test images",
+        f"AdamW {s['substitute_lr']} for {s['substitute_steps']} steps of batch "
+        f"{s['substitute_batch']} drawn from its queries",
+        f"the victim is {_pse(r['victim']['clean_accuracy'])} accurate",
+        f"agreement at {e['queries']} queries is {_pse(e['agreement_probs'])} from probabilities "
+        f"(mean over {e['agreement_probs_over_seeds']['n']} extraction seeds "
+        f"{_seeds(e['agreement_probs_over_seeds'])}) and {_pse(e['agreement_labels'])} from "
+        f"labels (mean {_seeds(e['agreement_labels_over_seeds'])})",
+        f"At {' / '.join(str(b) for b in e['budgets'])} queries (one seed): {curve('probs')} from "
+        f"probabilities, {curve('labels')} from labels",
+        f"{s['seed_size']} pool images with Jacobian augmentation up to {e['budget']} queries give "
+        f"{100 * jac[0]:.1f}% / {100 * jac[1]:.1f}%",
+        f"fools the victim on {_pse(e['transfer_success'])} of the {e['transfer_success']['n']} "
+        f"test images it classifies correctly, random noise of the same norm on "
+        f"{_pse(e['noise_success'])}: {e['transfer_over_noise']:.1f} times as often",
+        f"Square reaches {_pse(bb['square_per_example_budget'])} and Bandits-TD "
+        f"{_pse(bb['bandits_per_example_budget'])} with {e['budget']} queries per image, Square "
+        f"{_pse(bb['square_equal_total_budget'])} with the same {e['budget']} queries in total "
+        f"({bb['square_equal_total_budget']['queries_per_example']} per image)",
+        f"The run took {r['wall_time_s'] / 60:.1f} minutes",
+        f"{sec['blackbox'] / 60:.1f} for the query-based attacks, {sec['transfer'] / 60:.1f} for "
+        f"the transfer attacks, "
+        f"{(sec['curve_pool'] + sec['curve_jacobian_only']) / 60:.1f} for the agreement curves",
+    ]
+
+
+def test_shapes_cnn_run_and_readme_paragraph():
+    r = json.loads(SHAPES_CNN.read_text())
+    e, s = r["extraction"], r["settings"]
+    assert r["smoke"] is False and s["dataset"] == "shapes" and s["test_size"] == 1000
+    assert s["victim"].startswith("bn_cnn(channels=(8, 16, 32))")
+    assert s["substitute"].startswith("bn_cnn(channels=(8, 16, 32))")
+    assert r["git_commit"] and not r["git_commit"].endswith("+dirty")
+    assert s["pool_dropped_as_test_duplicates"] == 0
+    # What the paragraph says of them: the bars missed (agreement, transfer 5x noise), the
+    # curve rising with the budget, the run over the 20 minutes.
+    assert e["agreement_probs"]["value"] < 0.95 and e["agreement_labels"]["value"] < 0.93
+    assert 1 < e["transfer_over_noise"] < 5
+    for o in ("probs", "labels"):
+        v = [p["agreement"]["value"] for p in e["curves"]["pool"][o]]
+        assert v == sorted(v)
+        assert all(p["queries"] <= p["budget"] for p in e["curves"]["pool"][o])
+    assert r["wall_time_s"] > 20 * 60
+    text = _readme()
+    assert [f for f in shapes_cnn_fragments(r) if f not in text] == []
+    assert all(f not in text for f in shapes_cnn_fragments(perturb_numbers(r)))
