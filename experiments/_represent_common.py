@@ -30,6 +30,7 @@ from jaxrobust.train import pgd_at, standard
 Array = jax.Array
 DATASETS = ("digits", "shapes")
 MODELS = ("standard", "robust")
+ARCHITECTURES = ("mlp", "bn_cnn")
 # Training of both models, shared by representations.py and synthesis.py (full and smoke).
 TRAIN_FULL = {"steps": 2000, "batch": 64, "lr": 2e-3, "pgd_steps": 7, "eval_steps": 20,
               "eval_restarts": 5}  # fmt: skip
@@ -54,6 +55,63 @@ TRAIN_SHAPES_SMOKE = {
 }
 
 
+# `--model bn_cnn` (shapes): the conv-BN CNN with the shapes trade-off's recipe, the model
+# that learns shapes on this CPU (the MLPs above stay near chance there): batch 32, Adam 2e-3
+# with the cosine schedule, 7 epochs over the 5000 images; the robust model PGD-AT with one
+# l2 step of size eps from a random start, eps ramped up over the first 4 epochs (without
+# the ramp, PGD-AT on shapes collapsed to a constant prediction in the runs behind
+# experiments/results/shapes_reliance.json). eps_train 1.0, the MLP runs' value. Trained
+# with the library's training loop into OUT/work/ (a finished run there is reused).
+CNN_SHAPES = {
+    "full": {
+        "architecture": "bn_cnn",
+        "model": {"name": "bn_cnn", "kwargs": {"channels": (8, 16, 32)}, "batch_size": 32,
+                  "learning_rate": 2e-3},
+        "epochs": 7,
+        "eps_train": 1.0,
+        "adversary": {"steps": 1, "step_size": 1.0, "eps_warmup_epochs": 4.0},
+    },
+    "smoke": {
+        "architecture": "bn_cnn",
+        "model": {"name": "bn_cnn", "kwargs": {"channels": (4, 8)}, "batch_size": 32,
+                  "learning_rate": 2e-3},
+        "epochs": 1,
+        "eps_train": 0.5,
+        "adversary": {"steps": 1, "step_size": 0.5, "eps_warmup_epochs": 0.0},
+    },
+}  # fmt: skip
+
+
+def settings_for(table: dict, dataset: str, size: str, architecture: str) -> dict:
+    """An experiment's settings for the dataset and size, with the CNN's training recipe
+    over the MLP's when `architecture` is "bn_cnn" (shapes only: SystemExit otherwise)."""
+    if size not in table[dataset]:
+        raise SystemExit(f"--dataset {dataset} runs at smoke size only (--smoke)")
+    s = dict(table[dataset][size])
+    if architecture == "bn_cnn":
+        if dataset != "shapes":
+            raise SystemExit("--model bn_cnn is a shapes option")
+        s.update(CNN_SHAPES[size])
+        s.pop("hidden", None)
+        s.pop("steps", None)
+    return s
+
+
+def describe_models(s: dict) -> str:
+    """The JSON's description of the two models."""
+    if s.get("architecture") == "bn_cnn":
+        m = s["model"]
+        return (
+            f"{m['name']} {m['kwargs']}, the same recipe and seed (Adam {m['learning_rate']} "
+            f"cosine, batch {m['batch_size']}, {s['epochs']} epochs, the library's training "
+            f"loop); standard vs pgd_at l2 eps {s['eps_train']} with adversary {s['adversary']}"
+        )
+    return (
+        "MLP, same architecture/optimiser/steps/seed; standard() vs "
+        f"pgd_at(l2({s['eps_train']})) with {s['pgd_steps']} PGD steps of 2.5eps/steps"
+    )
+
+
 def load_data(dataset: str, smoke: bool, sizes: dict) -> dict[str, Any]:
     """Train and test images (N, H, W, K) float32 in [0, 1] and labels; shapes at the sizes
     of `sizes["shapes_kwargs"]` (its generator's own split sizes)."""
@@ -72,11 +130,16 @@ def load_data(dataset: str, smoke: bool, sizes: dict) -> dict[str, Any]:
     }
 
 
-def train_models(data: dict, cfg: dict, seed: int) -> dict[str, Any]:
+def train_models(data: dict, cfg: dict, seed: int, work: Path | None = None) -> dict[str, Any]:
     """Train the standard and the robust MLP (`cfg`: hidden, steps, batch, lr, eps_train,
-    pgd_steps) on the whole training split; returns, per model, its logits_fn, features_fn,
+    pgd_steps) on the whole training split, or the CNNs (`cfg["architecture"] == "bn_cnn"`,
+    into run folders under `work`); returns, per model, its logits_fn, features_fn,
     clean test accuracy and ℓ2 PGD robust accuracy at eps_train (measured, with n and SE),
     plus the training wall time."""
+    if cfg.get("architecture") == "bn_cnn":
+        if work is None:
+            raise ValueError("the CNNs train into run folders: give work")
+        return _train_cnn_models(data, cfg, seed, work)
     info = data["info"]
     model = create_model(
         "mlp", data["num_classes"], mean=info.mean, std=info.std, hidden=tuple(cfg["hidden"])
@@ -106,6 +169,54 @@ def train_models(data: dict, cfg: dict, seed: int) -> dict[str, Any]:
             "logits_fn": f,
             "features_fn": as_features_fn(model, variables),
             "train_seconds": round(time.perf_counter() - t, 2),
+            **accuracy(
+                f,
+                data["x_test"],
+                data["y_test"],
+                jax.random.key(seed + 1),
+                eps,
+                steps=cfg["eval_steps"],
+                restarts=cfg["eval_restarts"],
+            ),
+        }
+    return out
+
+
+def _train_cnn_models(data: dict, cfg: dict, seed: int, work: Path) -> dict[str, Any]:
+    import _nonrobust_features_parts as P  # the library's training loop into a run folder
+
+    from jaxrobust.runs import load_run
+
+    eps = float(cfg["eps_train"])
+    out: dict[str, Any] = {}
+    for name in MODELS:
+        t = time.perf_counter()
+        run_dir = work / name
+        reused = (run_dir / "metrics.json").is_file()
+        robust = name == "robust"
+        P.train_model(
+            run_dir,
+            dataset=data["info"].name,
+            dataset_kwargs=data["dataset_kwargs"],
+            hidden=(),
+            objective="pgd_at" if robust else "standard",
+            epochs=cfg["epochs"],
+            eps=eps,
+            seed=seed,
+            threat="l2",
+            model=cfg["model"],
+            adversary=cfg["adversary"] if robust else None,
+        )
+        run = load_run(run_dir)
+        module = run.state.apply_fn.__self__
+        variables = run.state.variables()
+        f = as_logits_fn(module, variables)
+        out[name] = {
+            "logits_fn": f,
+            "features_fn": as_features_fn(module, variables),
+            "run": str(run_dir),
+            "train_seconds": round(time.perf_counter() - t, 2),
+            "reused_finished_run": reused,
             **accuracy(
                 f,
                 data["x_test"],

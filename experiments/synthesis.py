@@ -162,18 +162,18 @@ def sketches(key: jax.Array, x: jax.Array) -> jax.Array:
 def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--dataset", choices=RC.DATASETS, default="digits")
+        parser.add_argument("--model", choices=RC.ARCHITECTURES, default="mlp",
+                            help="bn_cnn: the conv-BN CNNs (shapes)")  # fmt: skip
 
     args = C.parse_args(NAME, argv, __doc__, extra)
     size = "smoke" if args.smoke else "full"
-    if size not in SETTINGS[args.dataset]:
-        raise SystemExit(f"--dataset {args.dataset} runs at smoke size only (--smoke)")
-    s = SETTINGS[args.dataset][size]
+    s = RC.settings_for(SETTINGS, args.dataset, size, args.model)
     t0 = time.perf_counter()
     out = Path(args.out)
-    tag = args.dataset + ("_smoke" if args.smoke else "")
+    tag = args.dataset + ("_bn_cnn" if args.model == "bn_cnn" else "") + ("_smoke" * args.smoke)
     data = RC.load_data(args.dataset, args.smoke, s)
     nc = data["num_classes"]
-    models = RC.train_models(data, s, args.seed)
+    models = RC.train_models(data, s, args.seed, work=out / "work" / tag)
     judge = RC.Judge(data["x"], data["y"])
     x_test, y_test = data["x_test"], data["y_test"]
     yt = np.asarray(y_test)
@@ -186,8 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         judge_test_accuracy=RC.proportion(
             judge(x_test) == yt, "the judge's accuracy on the test split"
         ),
-        models="MLP, same architecture/optimiser/steps/seed; standard() vs "
-        f"pgd_at(l2({s['eps_train']})) with {s['pgd_steps']} PGD steps of 2.5eps/steps",
+        models=RC.describe_models(s),
         task_steps="every task: normalised l2 steps (each moves the example by step_size, pixel "
         "units) on jaxrobust.optimize, best iterate kept (classified as the target first, "
         "then lowest objective); the same budget for both models",

@@ -88,3 +88,31 @@ def test_synthesis_smoke(tmp_path, dataset):
         assert sr <= s["sr_eps"] / s["sr_factor"] + 1e-4
         assert data["inpainting"][m]["masked_mse"]["value"] >= 0
     assert len(data["acceptance"]) == 4
+
+
+def test_representations_and_synthesis_smoke_with_the_cnns_on_shapes(tmp_path):
+    """`--model bn_cnn`: both models are the conv-BN CNN trained by the library's loop into
+    run folders (standard, and l2 PGD-AT with the recipe's one-step adversary), every task
+    runs on them; a second experiment in the same folder reuses the finished runs."""
+    from jaxrobust.runs import load_run
+
+    args = ["--smoke", "--dataset", "shapes", "--model", "bn_cnn", "--out", str(tmp_path)]
+    assert main(["experiment", "representations", *args]) == 0
+    assert main(["experiment", "synthesis", *args]) == 0
+    tag = "shapes_bn_cnn_smoke"
+    rep = json.loads((tmp_path / f"{tag}.json").read_text())  # synthesis's, written last
+    assert rep["settings"]["models"].startswith("bn_cnn {'channels': (4, 8)}")
+    for m in ("standard", "robust"):
+        e = rep["models"][m]
+        assert e["reused_finished_run"] is True and e["clean_accuracy"]["n"] == 64
+        cfg = json.loads((tmp_path / "work" / tag / m / "config.json").read_text())
+        assert cfg["model"]["name"] == "bn_cnn"
+        assert cfg["objective"] == ("pgd_at" if m == "robust" else "standard")
+    robust = json.loads((tmp_path / "work" / tag / "robust" / "config.json").read_text())
+    assert robust["threat"] == "l2" and robust["adversary"]["steps"] == 1
+    assert "batch_stats" in load_run(tmp_path / "work" / tag / "robust").state.variables()
+    _pngs(tmp_path, [f"{tag}_{t}" for t in ("inversion", "saliency", "generation", "sketch")])
+    assert len(rep["acceptance"]) == 4
+    for m in ("standard", "robust"):
+        g = rep["generation"][m]["from_other_class_judged_as_target"]
+        assert g["n"] == rep["settings"]["gen_per_class"] * 10
