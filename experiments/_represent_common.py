@@ -169,17 +169,16 @@ def train_models(data: dict, cfg: dict, seed: int, work: Path | None = None) -> 
             "logits_fn": f,
             "features_fn": as_features_fn(model, variables),
             "train_seconds": round(time.perf_counter() - t, 2),
-            **accuracy(
-                f,
-                data["x_test"],
-                data["y_test"],
-                jax.random.key(seed + 1),
-                eps,
-                steps=cfg["eval_steps"],
-                restarts=cfg["eval_restarts"],
-            ),
+            **_test_accuracy(f, data, cfg, seed),
         }
     return out
+
+
+def _test_accuracy(f, data: dict, cfg: dict, seed: int) -> dict:
+    """Both models' evaluation: clean and l2 PGD at eps_train on the test split."""
+    return accuracy(f, data["x_test"], data["y_test"], jax.random.key(seed + 1),
+                    float(cfg["eps_train"]), steps=cfg["eval_steps"],
+                    restarts=cfg["eval_restarts"])  # fmt: skip
 
 
 def _train_cnn_models(data: dict, cfg: dict, seed: int, work: Path) -> dict[str, Any]:
@@ -217,15 +216,7 @@ def _train_cnn_models(data: dict, cfg: dict, seed: int, work: Path) -> dict[str,
             "run": str(run_dir),
             "train_seconds": round(time.perf_counter() - t, 2),
             "reused_finished_run": reused,
-            **accuracy(
-                f,
-                data["x_test"],
-                data["y_test"],
-                jax.random.key(seed + 1),
-                eps,
-                steps=cfg["eval_steps"],
-                restarts=cfg["eval_restarts"],
-            ),
+            **_test_accuracy(f, data, cfg, seed),
         }
     return out
 
