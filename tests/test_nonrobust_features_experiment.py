@@ -102,6 +102,8 @@ def test_nonrobust_features_smoke_bn_cnn_on_planted_shapes(tmp_path):
     for name in ("d_r", "d_nr"):
         fm = d["feature_match"][name]
         assert d[name]["clean_accuracy"]["n"] == 64 and fm["n"] == 64
+        build = json.loads((work / f"{name}_image_start" / "build.json").read_text())
+        assert build["params"]["start"] == "image"
     kw = {"num_train": 256, "num_test": 64, "planted": True}
     y = load_split("shapes", "train", limit=64, dataset_kwargs=kw)[1]
     det = load_split(f"derived:{work / 'd_det'}", "train")[1]
