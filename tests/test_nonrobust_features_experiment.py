@@ -89,11 +89,9 @@ def test_nonrobust_features_smoke_bn_cnn_on_planted_shapes(tmp_path):
     assert set(d["sources"]) == {"standard", "robust"}
     assert d["settings"]["attack"] == {"threat": "l2", "eps": 0.25, "steps": 5, "restarts": 1}
     work = tmp_path / "work" / "shapes_planted_bn_cnn_smoke"
-    runs = (
-        "source_standard",
-        "source_robust",
-        *(f"trained_on_{k}" for k in d["settings"]["kinds"]),
-    )
+    # D_R / D_NR start from another training image: their folders say so.
+    folders = ("d_rand", "d_det", "d_r_image_start", "d_nr_image_start")
+    runs = ("source_standard", "source_robust", *(f"trained_on_{k}" for k in folders))
     for run in runs:
         assert json.loads((work / run / "config.json").read_text())["model"]["name"] == "bn_cnn"
     robust = json.loads((work / "source_robust" / "config.json").read_text())
