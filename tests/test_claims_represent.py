@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from claims_helpers import perturb_numbers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = {
@@ -223,3 +224,62 @@ def test_one_fewer_judged_inversion_breaks_the_count():
     assert _fragment("inversion_count", bad) not in _readme()
     # The flag says met; the numbers now say not met.
     assert not _acceptance_consistent(bad)
+
+
+# --- shapes with the CNNs: the README paragraph "With the CNNs on `shapes` ..." -----------
+
+SHAPES_CNN = {k: p.with_name("shapes_bn_cnn.json") for k, p in RESULTS.items()}
+
+
+def _pse(e: dict) -> str:
+    return f"{100 * e['value']:.1f}% ± {100 * e['se']:.1f}"
+
+
+def shapes_cnn_fragments(r: dict) -> list[str]:
+    """The CNN paragraph's numbers, formatted from the two JSONs as the README prints them."""
+    rep, syn = r["representations"], r["synthesis"]
+    m, inv = rep["models"], rep["inversion"]
+    gen, inp = syn["generation"], syn["inpainting"]
+    g_s, g_r = (gen[k]["from_other_class_judged_as_target"] for k in ("standard", "robust"))
+    return [
+        f"standard {_pse(m['standard']['clean_accuracy'])} clean and "
+        f"{_pse(m['standard']['robust_accuracy'])} under ℓ2 PGD-{rep['settings']['eval_steps']} "
+        f"at ε = {rep['settings']['eps_train']}, robust {_pse(m['robust']['clean_accuracy'])} and "
+        f"{_pse(m['robust']['robust_accuracy'])} (n = {m['robust']['clean_accuracy']['n']})",
+        f"cannot tell the classes ({_pct(rep['settings']['judge_test_accuracy'])})",
+        f"judged as the source's class {_pct(inv['standard']['judged_as_source_class'])} for both",
+        f"judged as the target standard {_pct(g_s)}, robust {_pct(g_r)} (n = {g_r['n']}; "
+        "the robust model itself "
+        f"labels {_pct(gen['robust']['from_other_class_model_predicts_target'])} of them as the "
+        f"target, the standard {_pct(gen['standard']['from_other_class_model_predicts_target'])})",
+        f"standard {_v(inp['standard']['masked_mse'], 4)}, robust "
+        f"{_v(inp['robust']['masked_mse'], 4)}, the per-pixel training-mean fill "
+        f"{_v(inp['mean_fill'], 4)} (n = {inp['mean_fill']['n']})",
+        f"(standard {_v(inv['standard']['mean_l2_to_source'])}, robust "
+        f"{_v(inv['robust']['mean_l2_to_source'])}, starts {_v(inv['start_mean_l2_to_source'])})",
+        f"The runs took {rep['wall_time_s'] / 60:.1f} minutes (representations) and "
+        f"{syn['wall_time_s'] / 60:.1f} minutes (synthesis",
+    ]
+
+
+def test_shapes_cnn_runs_and_readme_paragraph():
+    r = {k: json.loads(p.read_text()) for k, p in SHAPES_CNN.items()}
+    for run in r.values():
+        s = run["settings"]
+        assert run["smoke"] is False and s["dataset"] == "shapes" and s["architecture"] == "bn_cnn"
+        assert s["model"]["kwargs"]["channels"] == [8, 16, 32] and s["eps_train"] == 1.0
+        assert run["git_commit"] and not run["git_commit"].endswith("+dirty")
+        assert run["models"]["standard"]["reused_finished_run"] is False
+    # What the paragraph says: the CNNs learn shapes, the judge is at chance, no bar is met.
+    rep, syn = r["representations"], r["synthesis"]
+    assert rep["models"]["standard"]["clean_accuracy"]["value"] > 0.5
+    assert rep["settings"]["judge_test_accuracy"]["value"] < 0.15
+    assert not rep["acceptance"]["robust_inversions_judged_as_source_at_least_0.95"]
+    assert not syn["acceptance"]["generation_other_class_robust_at_least_0.95"]
+    assert not syn["acceptance"]["inpainting_robust_below_mean_fill"]
+    inv = rep["inversion"]
+    assert inv["standard"]["judged_as_source_class"] == inv["robust"]["judged_as_source_class"]
+    assert min(rep["wall_time_s"], syn["wall_time_s"]) > 15 * 60
+    text = _readme()
+    assert [f for f in shapes_cnn_fragments(r) if f not in text] == []
+    assert all(f not in text for f in shapes_cnn_fragments(perturb_numbers(r)))
