@@ -261,6 +261,9 @@ def test_minibatch_training_draws_only_unmasked_rows_and_is_keyed():
     jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
     with pytest.raises(jr.InputError, match="no row"):
         X.fit_classifier(jax.random.key(0), x, t, 0 * mask, fit=fit)
+    for bad in (-mask, mask.at[0].set(jnp.nan)):
+        with pytest.raises(jr.InputError, match="mask weights must be >= 0"):
+            X.fit_classifier(jax.random.key(0), x, t, bad, fit=fit)
 
 
 def test_batchnorm_substitute_trains_on_minibatches_and_predicts_with_running_averages():

@@ -221,6 +221,8 @@ def fit_classifier(
     mask = jnp.ones(targets.shape[0], jnp.float32) if mask is None else jnp.asarray(mask)
     if mask.shape != (targets.shape[0],):
         raise InputError(f"mask must be ({targets.shape[0]},), got {mask.shape}")
+    if not bool(jnp.all(mask >= 0)):  # NaN fails this too
+        raise InputError("mask weights must be >= 0 (1 trains on a row, 0 skips it)")
     if not bool(jnp.any(mask > 0)):
         raise InputError("mask selects no row to train on")
     model = substitute_model(fit, int(targets.shape[1]))
