@@ -9,7 +9,8 @@ a rerun reuses the finished chunks and models in the work folder), trains a fres
   relabelled with the target. Checked: every D_det label differs from the true class;
   D_rand labels agree with it at the chance rate 1/C (within 3 binomial SE).
 - D_R / D_NR: the penultimate features of the robust / standard source inverted from
-  uniform noise (normalised ℓ2 steps), label y; the relative feature errors are reported
+  uniform noise (`--model bn_cnn`: from another training image; normalised ℓ2 steps),
+  label y; the relative feature errors are reported
   against the tolerance. On digits the sources are MLPs with a 32-unit penultimate layer
   (fewer units than the 64 pixels, so the representation cannot determine the image); the
   same inversions from 512-512 MLPs (close to injective on 8×8 images: the inversion gives
