@@ -67,6 +67,7 @@ SETTINGS = {
         "seed_size": 250,
         "lam": 0.1,
         "attack_steps": 100,
+        "blackbox_points": None,  # every test point the victim classifies correctly
         "limit": None,
         "test": None,
         "dataset_kwargs": {},
@@ -83,6 +84,7 @@ SETTINGS = {
         "seed_size": 8,
         "lam": 0.1,
         "attack_steps": 5,
+        "blackbox_points": None,
         "limit": 128,
         "test": 64,
         "dataset_kwargs": {"num_train": 256, "num_test": 64},  # shapes only
@@ -95,8 +97,9 @@ SETTINGS = {
 # costs the same at every budget). The budgets go past the 1000 queries, up to
 # 5000, because 1000 answers are far too few to copy a CNN that needed 5000 labelled images
 # (measured: about 56% agreement from probabilities); the Jacobian-only curve is measured at
-# the headline budget only, and 1000 test points keep the query-based attacks, which run the
-# victim's CNN for every query, near the 20-minute budget.
+# the headline budget only. The query-based attacks run the victim's CNN for every query
+# (372 s of a 21.4-minute run on all 731 correctly classified test points), so they attack
+# the first 300 of those points; the transfer attacks and noise still use all of them.
 CNN = {
     "full": {
         "victim_model": {"name": "bn_cnn", "kwargs": {"channels": (8, 16, 32)}},
@@ -111,6 +114,7 @@ CNN = {
         "budgets": (250, 1000, 2500, 5000),
         "jacobian_budgets": (1000,),
         "test": 1000,
+        "blackbox_points": 300,
     },
     "smoke": {
         "victim_model": {"name": "bn_cnn", "kwargs": {"channels": (4, 8)}},
@@ -355,21 +359,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t = time.perf_counter()
     budget = s["headline"]
-    api = X.prediction_api(victim, output="probs", budget=budget * len(yc), num_classes=10)
+    xb, yb = jnp.asarray(xc[: s["blackbox_points"]]), jnp.asarray(yc[: s["blackbox_points"]])
+    api = X.prediction_api(victim, output="probs", budget=budget * len(yb), num_classes=num_classes)
 
     def scores(z):  # what a probability API gives: log-probabilities (same margin as logits)
         return jnp.log(jnp.clip(api.answer(z), 1e-30, 1.0))
 
     ks = jax.random.fold_in(key, 4)
-    sq = jr.square(scores, jnp.asarray(xc), jnp.asarray(yc), ks, threat=threat, queries=budget)
-    per_total = max(budget // len(yc), 1)
-    sq_total = jr.square(
-        scores, jnp.asarray(xc), jnp.asarray(yc), ks, threat=threat, queries=per_total
-    )
+    sq = jr.square(scores, xb, yb, ks, threat=threat, queries=budget)
+    per_total = max(budget // len(yb), 1)
+    where = f"among the first {len(yb)} test points the victim classifies correctly"
+    sq_total = jr.square(scores, xb, yb, ks, threat=threat, queries=per_total)
     bandits = jr.query_limited_attack(
         scores,
-        jnp.asarray(xc),
-        jnp.asarray(yc),
+        xb,
+        yb,
         ks,
         threat=threat,
         estimator="bandits" if xc.ndim == 4 else "nes",
@@ -378,12 +382,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     blackbox = {
         "square_per_example_budget": _rate(
             np.asarray(sq.success),
-            f"Square ({norm} eps {eps}, margin loss) with {budget} queries per example",
+            f"Square ({norm} eps {eps}, margin loss) with {budget} queries per example, {where}",
         )
         | {"mean_queries": float(np.mean(np.asarray(sq.queries))), "queries_per_example": budget},
         "bandits_per_example_budget": _rate(
             np.asarray(bandits.result.success),
-            f"Bandits-TD ({norm} eps {eps}, cross-entropy) with {budget} queries per example",
+            f"Bandits-TD ({norm} eps {eps}, cross-entropy) with {budget} queries per example, "
+            + where,
         )
         | {
             "mean_queries": float(np.mean(np.asarray(bandits.queries))),
@@ -392,9 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "square_equal_total_budget": _rate(
             np.asarray(sq_total.success),
             f"Square with {per_total} queries per example: the extraction's {budget} queries "
-            f"in total spread over the {len(yc)} attacked points",
+            f"in total spread over the {len(yb)} attacked points",
         )
-        | {"queries_per_example": per_total, "queries_total": per_total * len(yc)},
+        | {"queries_per_example": per_total, "queries_total": per_total * len(yb)},
     }
     seconds["blackbox"] = time.perf_counter() - t
 
