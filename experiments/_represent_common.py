@@ -207,12 +207,10 @@ def _train_cnn_models(data: dict, cfg: dict, seed: int, work: Path) -> dict[str,
             adversary=cfg["adversary"] if robust else None,
         )
         run = load_run(run_dir)
-        module = run.state.apply_fn.__self__
-        variables = run.state.variables()
-        f = as_logits_fn(module, variables)
+        f = run.logits_fn()
         out[name] = {
             "logits_fn": f,
-            "features_fn": as_features_fn(module, variables),
+            "features_fn": run.features_fn(),
             "run": str(run_dir),
             "train_seconds": round(time.perf_counter() - t, 2),
             "reused_finished_run": reused,

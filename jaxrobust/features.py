@@ -368,7 +368,6 @@ class _Source(NamedTuple):
 def _resolve_source(source: Any, kind: str, source_name: str | None) -> _Source:
     """A run directory, or a logits_fn (D_rand / D_det) / features_fn (D_R / D_NR)."""
     if isinstance(source, str | os.PathLike):
-        from jaxrobust.models.adapters import as_features_fn
         from jaxrobust.runs import load_run
 
         run = load_run(source)
@@ -376,10 +375,10 @@ def _resolve_source(source: Any, kind: str, source_name: str | None) -> _Source:
         if kind in ("d_rand", "d_det"):
             fn = run.logits_fn()
         else:
-            module = getattr(run.state.apply_fn, "__self__", None)
-            if module is None:
-                raise ConfigError(f"the run in {source} has no linen module to read features of")
-            fn = as_features_fn(module, run.state.variables())
+            try:
+                fn = run.features_fn()
+            except ConfigError as e:
+                raise ConfigError(f"the run in {source}: {e}") from None
         desc = f"run {Path(source).absolute()} step {run.step}"
         kw = run.config.dataset_kwargs.to_dict() if "dataset_kwargs" in run.config else {}
         return _Source(

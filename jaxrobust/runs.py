@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,6 +33,11 @@ class LoadedRun(NamedTuple):
         `state.logits_fn()`, the same pytree structure for every checkpoint of the run's
         architecture, so a jitted function that takes it compiles once for all of them."""
         return self.state.logits_fn()
+
+    def features_fn(self) -> Callable[[jax.Array], dict[str, jax.Array]]:
+        """The model's sown representations in inference mode, `x -> {name: array}`
+        ("features": the penultimate layer, (B, D)); see `as_features_fn`."""
+        return self.state.features_fn()
 
 
 def load_run(

@@ -49,6 +49,13 @@ def test_load_run_restores_latest_step_and_best(tmp_path):
     # The restored weights reproduce the run's own reported accuracy (the last checkpoint).
     metrics = json.loads((out / "metrics.json").read_text())
     assert abs(acc_latest - metrics["clean_accuracy"]) < 1e-3 and acc_latest != acc_first
+    # Its representations: the penultimate layer, consistent with the logits it feeds.
+    feats = latest.features_fn()(x[:8])
+    assert feats["features"].ndim == 2 and feats["features"].shape[0] == 8
+    np.testing.assert_allclose(feats["logits"], latest.logits_fn()(x[:8]), rtol=1e-5, atol=1e-5)
+    plain = latest.state.replace(apply_fn=lambda v, x, train=False: x)  # no linen module
+    with pytest.raises(jr.ConfigError, match="no sown representations"):
+        plain.features_fn()
     with pytest.raises(jr.InputError, match="not both"):
         jr.load_run(out, best=True, step=steps[0])
     with pytest.raises(jr.CheckpointError, match="available steps"):

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxrobust.models import as_logits_fn, init_model
+from jaxrobust.errors import ConfigError
+from jaxrobust.models import as_features_fn, as_logits_fn, init_model
 
 Array = jax.Array
 
@@ -90,6 +91,22 @@ class TrainState:
         if isinstance(module, nn.Module):  # `apply_fn` is `module.apply`, as `create` sets it
             return as_logits_fn(module, variables)
         return jax.tree_util.Partial(_ApplyEval(self.apply_fn), variables)
+
+    def features_fn(self, params: Any | None = None) -> Callable[[Array], dict[str, Array]]:
+        """The model's sown representations in inference mode: x -> {name: array}
+        (`as_features_fn` of the state's linen module; "features" is the penultimate layer).
+
+        Raises:
+          ConfigError: the state's `apply_fn` is not a linen module's `apply` (a state built
+            around a plain function sows nothing to read).
+        """
+        module = getattr(self.apply_fn, "__self__", None)
+        if not isinstance(module, nn.Module):
+            raise ConfigError(
+                "this state's apply_fn is not a flax.linen Module's apply, so it has no sown "
+                "representations to read (create the state with TrainState.create(model, ...))"
+            )
+        return as_features_fn(module, self.variables(params))
 
     def train_forward(self, params: Any, x: Array) -> tuple[Array, Any]:
         """Training-mode forward pass: (logits, updated batch_stats)."""
