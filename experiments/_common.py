@@ -57,6 +57,11 @@ def parse_args(
     return parser.parse_args(list(argv) if argv is not None else sys.argv[1:])
 
 
+def result_tag(dataset: str, model: str = "mlp", smoke: bool = False) -> str:
+    """The stem of an experiment's result files: "shapes_bn_cnn", "digits_smoke", ..."""
+    return dataset + ("" if model == "mlp" else f"_{model}") + ("_smoke" if smoke else "")
+
+
 def wide_linf(eps: Any) -> jr.ThreatModel:
     """ℓ∞ ball of radius eps with a box that never binds (Gaussian data)."""
     return jr.linf(eps, lo=-WIDE, hi=WIDE)

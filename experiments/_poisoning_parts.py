@@ -119,9 +119,11 @@ def logits_fn(model, variables) -> Callable:
 
 
 def features(model, variables, x: Array, layer: str = "features") -> Array:
-    """The penultimate representations (N, D) of x under one model's variables."""
+    """The representations (N, D) of x under one model's variables: the sown value `layer`
+    ("features": the penultimate layer; "block2": a conv block's map), flattened."""
     f = jr.as_features_fn(model, variables)
-    return jnp.concatenate([f(x[i : i + 1024])[layer] for i in range(0, x.shape[0], 1024)])
+    n = x.shape[0]
+    return jnp.concatenate([f(x[i : i + 1024])[layer] for i in range(0, n, 1024)]).reshape(n, -1)
 
 
 def seed_params(variables: Any, s: int) -> Any:

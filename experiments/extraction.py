@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data["seconds"] = seconds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = ds + ("_bn_cnn" if cnn else "") + ("_smoke" if args.smoke else "")
+    tag = C.result_tag(ds, args.model, args.smoke)
     figure(
         curves,
         out / f"{tag}.png",

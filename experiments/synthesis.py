@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = RC.settings_for(SETTINGS, args.dataset, size, args.model)
     t0 = time.perf_counter()
     out = Path(args.out)
-    tag = args.dataset + ("_bn_cnn" if args.model == "bn_cnn" else "") + ("_smoke" * args.smoke)
+    tag = C.result_tag(args.dataset, args.model, args.smoke)
     data = RC.load_data(args.dataset, args.smoke, s)
     nc = data["num_classes"]
     models = RC.train_models(data, s, args.seed, work=out / "work" / tag)

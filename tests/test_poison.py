@@ -245,6 +245,29 @@ def test_spectral_keep_mask_is_respected_and_jits():
     np.testing.assert_allclose(np.asarray(j), np.asarray(poison.spectral_scores(reps, labels, 2)))
 
 
+def test_spectral_scores_of_wide_representations_match_the_svd_eager_and_jitted():
+    # D = 300 above every class size (220 and 200 rows): the scores come from the rows'
+    # Gram (64-row slots eagerly, all N rows under jit), and must equal the SVD's.
+    reps, labels, planted = _planted(d=300)
+    keep = np.ones(len(labels), bool)
+    keep[:7] = False  # a kept subset: centring and the vector ignore the removed rows
+    eager = np.asarray(poison.spectral_scores(reps, labels, 2, keep))
+    jitted = np.asarray(
+        jax.jit(poison.spectral_scores, static_argnums=2)(
+            jnp.asarray(reps), jnp.asarray(labels), 2, jnp.asarray(keep)
+        )
+    )
+    for c in (0, 1):
+        kept = reps[(labels == c) & keep].astype(np.float64)
+        mu = kept.mean(0)
+        v = np.linalg.svd(kept - mu, full_matrices=False)[2][0]
+        want = ((reps[labels == c] - mu) @ v) ** 2
+        for got in (eager, jitted):
+            np.testing.assert_allclose(got[labels == c], want, rtol=2e-3, atol=2e-2)
+    top = np.argsort(-eager[labels == 0])[:20]
+    assert set(top.tolist()) == set(range(200, 220))
+
+
 def test_spectral_errors():
     reps, labels, _ = _planted()
     with pytest.raises(InputError, match=r"\(N, D\)"):

@@ -53,6 +53,16 @@ def test_poisoning_smoke_bn_cnn_on_shapes(tmp_path):
     for e in (b["attack_success"], b["clean_accuracy"], sp["recall"], sp["attack_success_after"]):
         assert e["method"] == "measured" and e["n"] > 0 and 0.0 <= e["value"] <= 1.0
     assert (tmp_path / "shapes_bn_cnn_smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Spectral signatures read the last block's map (16x16x8, before the pooling), and the
+    # first round is also scored on the pooled features and the pixels.
+    by_rep = sp["round1_recall_by_representation"]
+    assert sp["representation"] == "block2" and set(by_rep) == {"block2", "features", "pixels"}
+    assert (by_rep["block2"]["dim"], by_rep["features"]["dim"], by_rep["pixels"]["dim"]) == (
+        16 * 16 * 8,
+        8,
+        32 * 32 * 3,
+    )
+    assert by_rep["block2"]["value"] == sp["rounds"][0]["recall"]["value"]
 
 
 def test_trainer_loop_equals_the_vmapped_scan(monkeypatch):

@@ -41,21 +41,48 @@ def _check(reps: Any, labels: Any, num_classes: int, keep: Any) -> None:
         raise InputError("representations contain NaN or inf")
 
 
-@functools.partial(jax.jit, static_argnames="num_classes")
-def _scores(reps: Array, labels: Array, keep: Array, num_classes: int) -> tuple[Array, Array]:
+@functools.partial(jax.jit, static_argnames=("num_classes", "rows"))
+def _scores(
+    reps: Array, labels: Array, keep: Array, num_classes: int, rows: int | None
+) -> tuple[Array, Array]:
     reps = reps.astype(jnp.float32)
 
     def per_class(c):
-        m = ((labels == c) & keep).astype(jnp.float32)[:, None]
+        member = (labels == c) & keep
+        m = member.astype(jnp.float32)[:, None]
         mu = (reps * m).sum(0) / jnp.maximum(m.sum(), 1.0)
-        centred = (reps - mu) * m
-        # Top right singular vector of the centred matrix = top eigenvector of its Gram.
-        _, vecs = jnp.linalg.eigh(centred.T @ centred)
-        return mu, vecs[:, -1]
+        if rows is None:
+            centred = (reps - mu) * m
+            # Top right singular vector of the centred matrix = top eigenvector of its Gram.
+            _, vecs = jnp.linalg.eigh(centred.T @ centred)
+            return mu, vecs[:, -1]
+        # Wide representations (D above the class size, e.g. a conv block's map): the
+        # class's rows gathered into `rows` slots (padding zeroed), and the top
+        # eigenvector u of their (rows, rows) Gram gives v = centredᵀu / |centredᵀu|, the
+        # same vector as the (D, D) route at a fraction of its cost.
+        idx = jnp.nonzero(member, size=rows, fill_value=0)[0]
+        valid = (jnp.arange(rows) < member.sum())[:, None]
+        centred = jnp.where(valid, reps[idx] - mu, 0.0)
+        _, vecs = jnp.linalg.eigh(centred @ centred.T)
+        v = centred.T @ vecs[:, -1]
+        return mu, v / jnp.maximum(jnp.linalg.norm(v), 1e-30)
 
     mus, tops = jax.vmap(per_class)(jnp.arange(num_classes))
     proj = jnp.einsum("nd,nd->n", reps - mus[labels], tops[labels])
     return proj**2, tops
+
+
+def _row_slots(labels: Any, keep: Any, num_classes: int, dim: int) -> int | None:
+    """How many rows the largest class can hold (a multiple of 64, so that retraining
+    rounds reuse one compiled program), or None where the (D, D) Gram is the smaller
+    problem. Without concrete labels (under a user's jit) a class may hold every row."""
+    n = int(np.shape(labels)[0])
+    cap = n
+    if is_concrete(labels) and is_concrete(keep):
+        lab, kp = np.asarray(labels), np.asarray(keep, bool)
+        biggest = int(np.bincount(lab[kp], minlength=num_classes).max(initial=0))
+        cap = min(n, max(64, -(-biggest // 64) * 64))
+    return cap if cap < dim else None
 
 
 def spectral_scores(
@@ -65,6 +92,10 @@ def spectral_scores(
     on the top singular vector of its class (centring and the vector use the kept
     examples of the class only; removed examples are scored too, against them).
 
+    Each class costs an eigendecomposition of the smaller of its (D, D) and its
+    (rows, rows) Gram matrix, so wide representations (a conv block's flattened map) stay
+    cheap.
+
     Args:
       reps: (N, D) representations; labels: (N,) int in [0, num_classes).
       num_classes: number of classes.
@@ -72,7 +103,8 @@ def spectral_scores(
     """
     _check(reps, labels, num_classes, keep)
     keep = jnp.ones(np.shape(labels), bool) if keep is None else jnp.asarray(keep, bool)
-    return _scores(jnp.asarray(reps), jnp.asarray(labels), keep, num_classes)[0]
+    rows = _row_slots(labels, keep, num_classes, int(np.shape(reps)[1]))
+    return _scores(jnp.asarray(reps), jnp.asarray(labels), keep, num_classes, rows)[0]
 
 
 def removal_counts(
