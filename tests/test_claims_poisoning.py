@@ -239,6 +239,10 @@ def shapes_cnn_fragments(r: dict) -> list[str]:
     b, s, t = r["backdoor"], r["spectral"], r["targeted"]
     lc, rounds = b["label_consistent"], s["rounds"]
     k = max(int(k) for k in t["by_poisons"])
+    layer, by_rep = s["representation"], s["round1_recall_by_representation"]
+    after_seeds = " / ".join(
+        f"{100 * v:.1f}%" for v in rounds[0]["attack_success_after"]["per_seed"]
+    )
     return [
         f"1100 steps of batch 32 on {b['train_size']} training images, "
         f"{r['settings']['test_size']} test images, {r['settings']['seeds']} seeds",
@@ -252,15 +256,21 @@ def shapes_cnn_fragments(r: dict) -> list[str]:
         f"{_pse(lc['trigger_only']['attack_success'])}, standard source "
         f"{_pse(lc['standard_source']['attack_success'])}, robust source "
         f"{_pse(lc['robust_source']['attack_success'])}",
-        f"round 1 recall {_p(rounds[0]['recall'])}, precision {_p(rounds[0]['precision'])} "
-        f"(round 2: recall {_p(rounds[1]['recall'])})",
-        f"attack success is still {_pse(rounds[0]['attack_success_after'])} (round 2: "
-        f"{_pse(rounds[1]['attack_success_after'])}) with clean accuracy "
-        f"{_pse(rounds[0]['clean_accuracy_after'])}",
+        f"Spectral signatures on the last conv block's map ({by_rep[layer]['dim']} values per "
+        f"image, before the global average pooling): round 1 recall {_p(rounds[0]['recall'])}, "
+        f"precision {_p(rounds[0]['precision'])}",
+        f"after retraining attack success is {_pse(rounds[0]['attack_success_after'])} (per "
+        f"seed {after_seeds}) with clean accuracy {_pse(rounds[0]['clean_accuracy_after'])}",
+        f"5 pp of the clean model ({s['clean_drop_pp_after']:.1f} pp below it)",
+        f"is only {_pse(lc['source_accuracy']['robust'])} accurate on clean test images (the "
+        f"standard source {_pse(lc['source_accuracy']['standard'])})",
+        f"The same first round finds {_pse(by_rep['features'])} of the poison on the "
+        f"{by_rep['features']['dim']} pooled features and {_pse(by_rep['pixels'])} on the pixels",
         f"{_p(t['success'])} of {t['targets']} targets with {k} poisons (control "
         f"{_p(t['by_poisons'][str(k)]['control_success'])})",
         f"check reads {_pse(r['loop_check']['attack_success'])} attack success",
-        f"The run took {r['wall_time_s'] / 60:.1f} minutes",
+        f"The run took {r['wall_time_s'] / 60:.1f} minutes ({r['cpu_time_s'] / 60:.0f} "
+        "CPU-minutes)",
     ]
 
 
@@ -276,14 +286,22 @@ def test_shapes_cnn_run_is_full_size_from_committed_code_and_the_verdicts_hold()
     verdicts["clean model ignores the trigger"] = (
         r["backdoor"]["clean_model_attack_success"]["value"] < 0.05
     )
+    verdicts["clean accuracy after removal within 5 pp"] = r["spectral"]["clean_drop_pp_after"] < 5
+    verdicts["robust LC source weaker than the standard one"] = (
+        r["backdoor"]["label_consistent"]["source_accuracy"]["robust"]["value"]
+        < r["backdoor"]["label_consistent"]["source_accuracy"]["standard"]["value"]
+    )
+    assert st["spectral_layer"] == "block3" and st["rounds"] == 1
     assert verdicts == {
         "dirty label >= 95%, clean within 2 pp": True,
-        "recall >= 95%": False,
+        "recall >= 95%": True,
         "LC above trigger only": False,
-        "success after removal < 5%": False,
+        "success after removal < 5%": True,
+        "clean accuracy after removal within 5 pp": True,
         "trigger only saturates": False,
-        "under 20 minutes": True,
+        "under 20 minutes": False,
         "clean model ignores the trigger": True,
+        "robust LC source weaker than the standard one": True,
     }
 
 

@@ -248,7 +248,7 @@ def test_spectral_keep_mask_is_respected_and_jits():
 def test_spectral_scores_of_wide_representations_match_the_svd_eager_and_jitted():
     # D = 300 above every class size (220 and 200 rows): the scores come from the rows'
     # Gram (64-row slots eagerly, all N rows under jit), and must equal the SVD's.
-    reps, labels, planted = _planted(d=300)
+    reps, labels, _ = _planted(d=300)
     keep = np.ones(len(labels), bool)
     keep[:7] = False  # a kept subset: centring and the vector ignore the removed rows
     eager = np.asarray(poison.spectral_scores(reps, labels, 2, keep))
